@@ -1,0 +1,1 @@
+"""Internals: the poll loop, scheduling, commits and rebalance handling."""

@@ -1,0 +1,760 @@
+"""The poll loop: the one thread that owns the ``confluent_kafka.Consumer``.
+
+Everything that touches the consumer (poll, pause/resume, commit, rebalance callbacks)
+happens on this thread. Engines report outcomes through :meth:`Runtime.deliver` (a
+deque append, safe from any thread); the loop drains them, updates the offset trackers
+and lanes, dispatches what became runnable and commits. The loop keeps calling Kafka
+while paused, so slow handlers never trip ``max.poll.interval.ms``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from pyrallel._core.deadletter import DeadLetterWriter, producer_settings
+from pyrallel._core.state import PartitionState
+from pyrallel.config import ConsumerConfig
+from pyrallel.engines.base import ExecutionEngine
+from pyrallel.errors import HandlerError, KafkaClientError
+from pyrallel.message import Message
+from pyrallel.observability.hooks import Completion, NullTelemetry
+from pyrallel.offsets import metadata as commit_metadata
+from pyrallel.offsets.tracker import OffsetError
+from pyrallel.snapshot import MetricsSnapshot, PartitionMetrics
+
+log = logging.getLogger(__name__)
+
+ConsumerFactory = Callable[[dict[str, Any]], Any]
+
+_IDLE_POLL_S = 0.05  # nothing in flight: block this long in consume()
+_BUSY_WAIT_S = 0.002  # work in flight, nothing fetched: wait this long for a completion
+_PAUSE_AFTER_S = 0.5  # at the in-flight cap this long: pause partitions in librdkafka
+_RETRY = 0
+_DLQ_RETRY = 1
+
+
+class Runtime:
+    """Owns the consumer and all per-partition state; see the module docstring."""
+
+    def __init__(
+        self,
+        config: ConsumerConfig,
+        engine: ExecutionEngine,
+        telemetry: NullTelemetry | None = None,
+        consumer_factory: ConsumerFactory = Consumer,
+        dlq_settings: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self._engine = engine
+        self._telemetry = telemetry or NullTelemetry()
+        self._consumer_factory = consumer_factory
+        self._consumer: Any = None
+        self._lock = threading.RLock()
+        self._parts: dict[tuple[str, int], PartitionState] = {}
+        self._epochs = itertools.count(1)
+        self._completions: deque[Completion] = deque()
+        self._wake = threading.Event()
+        self._in_flight = 0
+        self._max = config.max_in_flight_messages
+        self._resume_at = self._max - max(1, self._max // 4)
+        self._paused = False  # backpressure engaged (the seed's is_paused)
+        self._kafka_paused = False  # partitions actually paused in librdkafka
+        self._saturated_since: float | None = None
+        self._stop = threading.Event()
+        self._drain_timeout = config.shutdown_timeout_ms / 1000
+        self._closing = False
+        self.running = False
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+        self.last_poll = time.monotonic()
+        self._next_commit = 0.0
+        self._seq = itertools.count()
+        self._timers: list[tuple[float, int, int, Message]] = []
+        self._first_failure: dict[tuple[str, int, int], float] = {}
+        self._last_error: dict[tuple[str, int, int], BaseException] = {}
+        self._metadata_warned = False
+        self.counters: dict[str, int] = {
+            "processed": 0,
+            "failed": 0,
+            "retried": 0,
+            "skipped_failures": 0,
+            "dead_lettered": 0,
+            "dlq_failures": 0,
+            "skipped_done": 0,
+            "commits": 0,
+            "commit_failures": 0,
+            "pauses": 0,
+            "resumes": 0,
+            "assigned": 0,
+            "revoked": 0,
+            "lost": 0,
+            "fenced": 0,
+        }
+        strategy = str(config.kafka.get("partition.assignment.strategy", ""))
+        self._cooperative = (
+            "cooperative" in strategy or config.kafka.get("group.protocol") == "consumer"
+        )
+        self._dlq: DeadLetterWriter | None = None
+        if config.on_failure == "dlq":
+            self._dlq = DeadLetterWriter(
+                producer_settings(
+                    config.bootstrap_servers, config.client_id, config.kafka, dlq_settings or {}
+                ),
+                config.dlq_topic_for,
+                self._dlq_delivered,
+                self._dlq_failed,
+            )
+
+    # -- thread-safe entry points ---------------------------------------------------------
+
+    def deliver(self, msg: Message, error: BaseException | None, duration: float) -> None:
+        """Called by engines from any thread when a handler call ends."""
+        self._completions.append((msg, error, duration))
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def request_stop(self, drain_timeout: float | None = None) -> None:
+        if drain_timeout is not None:
+            self._drain_timeout = drain_timeout
+        self._stop.set()
+        self._wake.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def snapshot(self) -> MetricsSnapshot:
+        now = time.monotonic()
+        with self._lock:
+            parts = {}
+            for key, st in self._parts.items():
+                tr = st.tracker
+                since = tr.blocking_since
+                blocking = tr.blocking_offset
+                committed = st.committed
+                hwm = st.high_watermark
+                parts[key] = PartitionMetrics(
+                    topic=st.topic,
+                    partition=st.partition,
+                    true_lag=tr.true_lag,
+                    gap_count=tr.gap_count,
+                    blocking_offset=blocking,
+                    blocking_duration_sec=(now - since)
+                    if (blocking is not None and since is not None)
+                    else 0.0,
+                    queued_count=st.lanes.queued,
+                    in_flight=st.held,
+                    last_fetched_offset=tr.last_fetched,
+                    commit_offset=tr.commit_offset,
+                    committed_offset=committed,
+                    high_watermark=hwm,
+                    broker_lag=(hwm - committed)
+                    if (hwm is not None and committed is not None)
+                    else None,
+                    epoch=st.epoch,
+                )
+            return MetricsSnapshot(
+                group_id=self.config.group_id,
+                client_id=self.config.client_id,
+                total_in_flight=self._in_flight,
+                max_in_flight=self._max,
+                is_paused=self._paused,
+                running=self.running,
+                poll_age_sec=now - self.last_poll,
+                partitions=parts,
+                counters=dict(self.counters),
+            )
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        cfg = self.config
+        try:
+            settings = cfg.consumer_settings()
+            settings["on_commit"] = self._on_commit
+            settings.setdefault("error_cb", self._on_client_error)
+            self._consumer = self._consumer_factory(settings)
+            self._consumer.subscribe(
+                list(cfg.topics),
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            self._engine.start(self.deliver)
+            self.running = True
+            log.info(
+                "consumer started group=%s client=%s topics=%s",
+                cfg.group_id,
+                cfg.client_id,
+                list(cfg.topics),
+            )
+            while not self._stop.is_set():
+                self._step()
+        except BaseException as exc:
+            log.exception("poll loop failed group=%s client=%s", cfg.group_id, cfg.client_id)
+            if self.error is None:
+                self.error = exc
+        finally:
+            try:
+                self._shutdown()
+            finally:
+                self.running = False
+                self.finished.set()
+
+    def _step(self) -> None:
+        consumer = self._consumer
+        if self._completions:
+            self._drain_completions()
+        now = time.monotonic()
+        if self._timers and self._timers[0][0] <= now:
+            self._fire_timers(now)
+        if self._dlq is not None:
+            self._dlq.poll()
+        if now >= self._next_commit:
+            self._periodic(now)
+        free = self._max - self._in_flight
+        self._apply_backpressure(free, now)
+        if self._kafka_paused:
+            # Keep serving callbacks and the poll interval while paused; nothing is fetched.
+            self._wait_for_completion(_IDLE_POLL_S)
+            msgs = consumer.consume(1, 0)
+        elif free <= 0:
+            # Saturated but not yet paused: wait for capacity without fetching (a pause
+            # would drop librdkafka's prefetched records and cost a fetch round trip).
+            since = self._saturated_since if self._saturated_since is not None else now
+            self._wait_for_completion(min(_IDLE_POLL_S, max(0.0, since + _PAUSE_AFTER_S - now)))
+            return
+        else:
+            busy = self._in_flight > 0 or bool(self._timers)
+            timeout = 0.0 if (busy or self._completions) else _IDLE_POLL_S
+            msgs = consumer.consume(min(self.config.poll_batch_size, free), timeout)
+            if not msgs and busy and not self._completions:
+                self._wait_for_completion(_BUSY_WAIT_S)
+        self.last_poll = time.monotonic()
+        if msgs:
+            self._accept(msgs)
+
+    def _wait_for_completion(self, timeout: float) -> None:
+        if not self._completions:
+            self._wake.wait(timeout)
+
+    # -- intake -------------------------------------------------------------------------------
+
+    def _accept(self, msgs: Sequence[Any]) -> None:
+        now = time.monotonic()
+        ready: list[Message] = []
+        parts = self._parts
+        skipped = 0
+        with self._lock:
+            for raw in msgs:
+                err = raw.error()
+                if err is not None:
+                    self._on_message_error(err)
+                    continue
+                key = (raw.topic(), raw.partition())
+                st = parts.get(key)
+                if st is None or st.revoking or self._closing:
+                    continue  # not ours any more; never committed, so redelivered
+                offset = raw.offset()
+                done = st.done_ranges
+                tracker = st.tracker
+                try:
+                    if done is not None and done.contains(offset):
+                        tracker.add_done(offset)
+                        skipped += 1
+                        continue
+                    tracker.add(offset, now)
+                except OffsetError as exc:
+                    log.warning(
+                        "ignoring out-of-order record topic=%s partition=%s offset=%s: %s",
+                        key[0],
+                        key[1],
+                        offset,
+                        exc,
+                    )
+                    continue
+                ts_type, ts = raw.timestamp()
+                msg = Message(
+                    key[0],
+                    key[1],
+                    offset,
+                    raw.key(),
+                    raw.value(),
+                    raw.headers(),
+                    ts if ts_type else None,
+                )
+                msg._epoch = st.epoch
+                st.held += 1
+                self._in_flight += 1
+                if st.lanes.admit(msg):
+                    ready.append(msg)
+            if skipped:
+                self.counters["skipped_done"] += skipped
+                self._telemetry.skipped_done(key[0], skipped)
+        if ready:
+            self._engine.submit(ready)
+
+    def _on_message_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        if err.fatal():
+            raise KafkaClientError(f"fatal Kafka error: {err.str()}")
+        log.warning("Kafka reported: %s", err.str())
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.error = self.error or KafkaClientError(f"fatal Kafka error: {err.str()}")
+            self.request_stop(0)
+        else:
+            log.warning("Kafka client error: %s", err.str())
+
+    # -- outcomes -----------------------------------------------------------------------------
+
+    def _drain_completions(self) -> None:
+        self._wake.clear()
+        completions = self._completions
+        batch: list[Completion] = []
+        while completions:
+            batch.append(completions.popleft())
+        ready: list[Message] = []
+        now = time.monotonic()
+        parts = self._parts
+        with self._lock:
+            for msg, error, _ in batch:
+                st = parts.get((msg.topic, msg.partition))
+                if st is None or st.epoch != msg._epoch:
+                    self.counters["fenced"] += 1
+                    continue  # from an earlier assignment: dropped, never committed
+                if error is None:
+                    self._finish(st, msg, now, ready)
+                else:
+                    self._failed(st, msg, error, now, ready)
+            self._telemetry.completed(batch)
+        if ready and not self._closing:
+            self._engine.submit(ready)
+
+    def _finish(self, st: PartitionState, msg: Message, now: float, ready: list[Message]) -> None:
+        st.tracker.complete(msg.offset, now)
+        st.held -= 1
+        self._in_flight -= 1
+        self.counters["processed"] += 1
+        if self._first_failure:
+            coord = (msg.topic, msg.partition, msg.offset)
+            self._first_failure.pop(coord, None)
+            self._last_error.pop(coord, None)
+        nxt = st.lanes.release(msg)
+        if nxt is not None:
+            ready.append(nxt)
+
+    def _failed(
+        self,
+        st: PartitionState,
+        msg: Message,
+        error: BaseException,
+        now: float,
+        ready: list[Message],
+    ) -> None:
+        cfg = self.config
+        self.counters["failed"] += 1
+        self._telemetry.handler_error(msg, error)
+        coord = (msg.topic, msg.partition, msg.offset)
+        self._first_failure.setdefault(coord, time.time())
+        self._last_error[coord] = error
+        if msg.attempt <= cfg.max_retries:
+            delay = self._backoff(msg.attempt)
+            log.info(
+                "retrying in %.3fs topic=%s partition=%s offset=%s attempt=%s error=%s",
+                delay,
+                msg.topic,
+                msg.partition,
+                msg.offset,
+                msg.attempt,
+                type(error).__name__,
+            )
+            msg.attempt += 1
+            self.counters["retried"] += 1
+            self._telemetry.retry(msg)
+            heapq.heappush(self._timers, (now + delay, next(self._seq), _RETRY, msg))
+            return
+        policy = cfg.on_failure
+        if policy == "skip":
+            log.warning(
+                "skipping failed message topic=%s partition=%s offset=%s attempts=%s error=%r",
+                msg.topic,
+                msg.partition,
+                msg.offset,
+                msg.attempt,
+                error,
+            )
+            self.counters["skipped_failures"] += 1
+            self._telemetry.failure_skipped(msg)
+            self._finish(st, msg, now, ready)
+        elif policy == "dlq":
+            assert self._dlq is not None
+            self._dlq.send(msg, error, msg.attempt, self._first_failure[coord])
+        else:
+            # The offset stays pending, so no commit ever passes it; it no longer counts
+            # as in flight, so the shutdown drain does not wait for it.
+            st.held -= 1
+            self._in_flight -= 1
+            if self.error is None:
+                self.error = HandlerError(msg.topic, msg.partition, msg.offset, error, msg.attempt)
+                self.error.__cause__ = error
+                log.error("%s; stopping the consumer (on_failure='stop')", self.error)
+            self._stop.set()
+
+    def _backoff(self, attempt: int) -> float:
+        cfg = self.config
+        base = min(cfg.retry_backoff_max_ms, cfg.retry_backoff_ms * (2 ** (attempt - 1)))
+        return float(base) * random.uniform(0.8, 1.2) / 1000
+
+    def _fire_timers(self, now: float) -> None:
+        ready: list[Message] = []
+        with self._lock:
+            while self._timers and self._timers[0][0] <= now:
+                _, _, kind, msg = heapq.heappop(self._timers)
+                st = self._parts.get((msg.topic, msg.partition))
+                if st is None or st.epoch != msg._epoch:
+                    continue
+                if kind == _RETRY:
+                    ready.append(msg)
+                else:
+                    coord = (msg.topic, msg.partition, msg.offset)
+                    assert self._dlq is not None
+                    self._dlq.send(
+                        msg, self._last_error[coord], msg.attempt, self._first_failure[coord]
+                    )
+        if ready and not self._closing:
+            self._engine.submit(ready)
+
+    def _dlq_delivered(self, msg: Message) -> None:
+        with self._lock:
+            st = self._parts.get((msg.topic, msg.partition))
+            self.counters["dead_lettered"] += 1
+            self._telemetry.dlq(msg, "delivered")
+            if st is None or st.epoch != msg._epoch:
+                return
+            ready: list[Message] = []
+            self._finish(st, msg, time.monotonic(), ready)
+        if ready and not self._closing:
+            self._engine.submit(ready)
+
+    def _dlq_failed(self, msg: Message, reason: str) -> None:
+        with self._lock:
+            self.counters["dlq_failures"] += 1
+            self._telemetry.dlq(msg, "failed")
+            log.warning(
+                "dead-letter write failed, offset stays uncommitted "
+                "topic=%s partition=%s offset=%s: %s",
+                msg.topic,
+                msg.partition,
+                msg.offset,
+                reason,
+            )
+            delay = self._backoff(min(msg.attempt, 8))
+            heapq.heappush(
+                self._timers, (time.monotonic() + delay, next(self._seq), _DLQ_RETRY, msg)
+            )
+
+    # -- backpressure ---------------------------------------------------------------------------
+
+    def _assigned(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for (t, p), st in self._parts.items() if not st.revoking]
+
+    def _apply_backpressure(self, free: int, now: float) -> None:
+        """At the cap, stop fetching; pause Kafka only if the cap holds for a while.
+
+        Short bursts at the cap are absorbed by not calling ``consume`` (librdkafka keeps
+        its prefetched records). If the cap holds longer than ``_PAUSE_AFTER_S``, every
+        assigned partition is paused so the loop can keep polling (rebalance callbacks,
+        ``max.poll.interval.ms``) without receiving records. Resume waits until a quarter
+        of the cap is free, so pause/resume does not flap once per completion.
+        """
+        if free <= 0:
+            if self._saturated_since is None:
+                self._saturated_since = now
+                self._set_backpressure(True)
+            elif not self._kafka_paused and now - self._saturated_since >= _PAUSE_AFTER_S:
+                self._pause_kafka(True)
+        elif self._kafka_paused:
+            if self._in_flight <= self._resume_at:
+                self._pause_kafka(False)
+                self._saturated_since = None
+                self._set_backpressure(False)
+        elif self._saturated_since is not None:
+            self._saturated_since = None
+            self._set_backpressure(False)
+
+    def _set_backpressure(self, on: bool) -> None:
+        with self._lock:
+            self._paused = on
+
+    def _pause_kafka(self, paused: bool) -> None:
+        tps = self._assigned()
+        if tps:
+            try:
+                (self._consumer.pause if paused else self._consumer.resume)(tps)
+            except KafkaException as exc:
+                log.warning("could not %s partitions: %s", "pause" if paused else "resume", exc)
+        self._kafka_paused = paused
+        self.counters["pauses" if paused else "resumes"] += 1
+        log.debug(
+            "%s fetching in_flight=%s max=%s",
+            "paused" if paused else "resumed",
+            self._in_flight,
+            self._max,
+        )
+
+    # -- commits ----------------------------------------------------------------------------------
+
+    def _periodic(self, now: float) -> None:
+        self._next_commit = now + self.config.commit_interval_ms / 1000
+        with self._lock:
+            states = list(self._parts.values())
+        self._commit(states, asynchronous=True)
+        for st in states:
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(st.topic, st.partition), cached=True
+                )
+            except KafkaException:
+                continue
+            if high is not None and high >= 0:
+                st.high_watermark = high
+
+    def _offsets_for(self, states: Sequence[PartitionState], force: bool) -> list[TopicPartition]:
+        out = []
+        for st in states:
+            offset = st.tracker.commit_offset
+            if offset is None:
+                continue
+            meta = self._metadata(st, offset)
+            if not force and offset == st.commit_sent and meta == st.metadata_sent:
+                continue
+            st.commit_sent, st.metadata_sent = offset, meta
+            out.append(
+                TopicPartition(st.topic, st.partition, offset, metadata=meta)
+                if meta
+                else TopicPartition(st.topic, st.partition, offset)
+            )
+        return out
+
+    def _metadata(self, st: PartitionState, offset: int) -> str:
+        if not self.config.commit_metadata:
+            return ""
+        ranges = st.tracker.completed_ranges()
+        if not ranges:
+            return ""
+        encoded = commit_metadata.encode(offset, ranges)
+        if encoded is not None:
+            return encoded
+        # Too many scattered completions to describe: keep a prefix (a subset of done
+        # offsets is always safe to skip) and stop admitting until the full map fits.
+        lo, hi = 0, len(ranges)
+        best = ""
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            candidate = commit_metadata.encode(offset, ranges[:mid])
+            if candidate is None:
+                hi = mid - 1
+            else:
+                best, lo = candidate, mid
+        return best
+
+    def _commit(self, states: Sequence[PartitionState], *, asynchronous: bool) -> None:
+        offsets = self._offsets_for(states, force=not asynchronous)
+        if not offsets:
+            return
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+                return
+            result = self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            self._commit_failed(offsets, str(exc))
+            return
+        self._on_commit(None, result or [])
+
+    def _commit_failed(self, offsets: Sequence[TopicPartition], reason: str) -> None:
+        log.warning("commit failed for %d partition(s): %s", len(offsets), reason)
+        self.counters["commit_failures"] += len(offsets)
+        self._telemetry.committed(0, len(offsets))
+        for tp in offsets:
+            st = self._parts.get((tp.topic, tp.partition))
+            if st is not None:
+                st.commit_sent = None  # send again next tick
+
+    def _on_commit(self, err: KafkaError | None, partitions: Sequence[TopicPartition]) -> None:
+        ok = failed = 0
+        with self._lock:
+            for tp in partitions:
+                st = self._parts.get((tp.topic, tp.partition))
+                if err is not None or tp.error is not None:
+                    failed += 1
+                    if st is not None:
+                        st.commit_sent = None
+                    continue
+                ok += 1
+                if st is not None and (st.committed is None or tp.offset >= st.committed):
+                    st.committed = tp.offset
+            self.counters["commits"] += ok
+            self.counters["commit_failures"] += failed
+        if failed:
+            log.warning("commit refused for %d partition(s): %s", failed, err)
+        self._telemetry.committed(ok, failed)
+
+    # -- rebalance ------------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        committed: dict[tuple[str, int], TopicPartition] = {}
+        if partitions:
+            try:
+                for tp in consumer.committed(partitions, timeout=10):
+                    committed[(tp.topic, tp.partition)] = tp
+            except KafkaException as exc:
+                log.warning("could not read committed offsets at assignment: %s", exc)
+        with self._lock:
+            for key in keys:
+                st = PartitionState(key[0], key[1], next(self._epochs), self.config.ordering)
+                tp = committed.get(key)
+                if tp is not None and tp.offset >= 0:
+                    st.committed = tp.offset
+                    if self.config.commit_metadata and tp.metadata:
+                        ranges = commit_metadata.decode(tp.metadata, tp.offset)
+                        if ranges is None:
+                            if not self._metadata_warned:
+                                self._metadata_warned = True
+                                log.warning(
+                                    "ignoring commit metadata not written by Pyrallel "
+                                    "topic=%s partition=%s",
+                                    *key,
+                                )
+                        elif ranges:
+                            st.done_ranges = commit_metadata.DoneRanges(ranges)
+                self._parts[key] = st
+            self.counters["assigned"] += len(keys)
+        self._telemetry.rebalance("assign", keys)
+        log.info("assigned %s", keys)
+        if self._cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+        if self._kafka_paused and partitions:
+            consumer.pause(partitions)
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._telemetry.rebalance("revoke", keys)
+        with self._lock:
+            states = [self._parts[k] for k in keys if k in self._parts]
+            for st in states:
+                st.revoking = True
+                self._drop_waiting(st)
+        deadline = time.monotonic() + (
+            0 if self._closing else self.config.max_revoke_grace_ms / 1000
+        )
+        while any(st.held for st in states) and time.monotonic() < deadline:
+            self._wake.wait(min(0.01, max(0.0, deadline - time.monotonic())))
+            self._drain_completions()
+            if self._dlq is not None:
+                self._dlq.poll()
+        self._commit(states, asynchronous=False)
+        self._forget(states)
+        with self._lock:
+            self.counters["revoked"] += len(keys)
+        log.info("revoked %s", keys)
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._telemetry.rebalance("lost", keys)
+        log.warning("partitions lost (not committing) %s", keys)
+        with self._lock:
+            states = [self._parts[k] for k in keys if k in self._parts]
+            for st in states:
+                self._drop_waiting(st)
+            self.counters["lost"] += len(keys)
+        self._forget(states)
+
+    def _drop_waiting(self, st: PartitionState) -> None:
+        """Forget queued and retry-waiting messages of a partition (they stay uncommitted)."""
+        dropped = len(st.lanes.drop_queued())
+        keep = []
+        for timer in self._timers:
+            msg = timer[3]
+            if (msg.topic, msg.partition) == st.key and msg._epoch == st.epoch:
+                dropped += 1
+            else:
+                keep.append(timer)
+        if len(keep) != len(self._timers):
+            heapq.heapify(keep)
+            self._timers = keep
+        st.held -= dropped
+        self._in_flight -= dropped
+
+    def _forget(self, states: Sequence[PartitionState]) -> None:
+        with self._lock:
+            for st in states:
+                self._in_flight -= st.held
+                st.held = 0
+                self._parts.pop(st.key, None)
+        for st in states:
+            self._engine.abandon(st.topic, st.partition)
+        self._telemetry.partitions_removed([st.key for st in states])
+
+    # -- shutdown -------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        try:
+            with self._lock:
+                self._closing = True
+                for st in self._parts.values():
+                    self._drop_waiting(st)
+            tps = self._assigned()
+            if tps:
+                with contextlib.suppress(KafkaException):
+                    consumer.pause(tps)
+            deadline = time.monotonic() + self._drain_timeout
+            while self._in_flight > 0 and time.monotonic() < deadline:
+                self._wake.wait(min(0.01, max(0.0, deadline - time.monotonic())))
+                self._drain_completions()
+                if self._dlq is not None:
+                    self._dlq.poll()
+                consumer.consume(1, 0)  # serve callbacks; anything fetched is ignored
+            if self._in_flight:
+                log.warning(
+                    "stopping with %d message(s) unfinished; they stay uncommitted", self._in_flight
+                )
+            with self._lock:
+                states = list(self._parts.values())
+            self._commit(states, asynchronous=False)
+        finally:
+            self._engine.stop(1.0)
+            if self._dlq is not None:
+                self._dlq.close(1.0)
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing the Kafka consumer failed: %s", exc)
+            with self._lock:
+                keys = list(self._parts)
+                self._parts.clear()
+                self._in_flight = 0
+            self._telemetry.partitions_removed(keys)
+            log.info(
+                "consumer stopped group=%s client=%s", self.config.group_id, self.config.client_id
+            )

@@ -1,0 +1,316 @@
+"""``pyrallel demo``: produce keyed messages, consume them in parallel, verify, report.
+
+With no ``--bootstrap-servers`` it starts librdkafka's mock cluster in-process (the
+embedded default). Progress goes to stderr; ``--json`` prints the verdict as one JSON
+object on stdout. Exit status 0 only when nothing was lost, key order held and the
+final commits equal the end offsets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import sys
+import time
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from pyrallel._mock import MOCK_PARTITIONS, MockCluster
+from pyrallel.audit import Audit
+from pyrallel.config import ENGINES, ORDERINGS, ConsumerConfig
+from pyrallel.consumer import ParallelConsumer
+from pyrallel.message import Message
+
+
+def _latency(spec: str) -> tuple[float, float]:
+    try:
+        if "-" in spec:
+            lo, hi = (float(x) for x in spec.split("-", 1))
+        else:
+            lo = hi = float(spec)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--latency-ms {spec!r}: a number of ms or a range like 0-5"
+        ) from None
+    if lo < 0 or hi < lo:
+        raise argparse.ArgumentTypeError(f"--latency-ms {spec!r}: need 0 <= low <= high")
+    return lo / 1000, hi / 1000
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pyrallel demo", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--messages", type=int, default=20_000, help="messages to produce (default 20000)"
+    )
+    p.add_argument("--keys", type=int, default=200, help="distinct keys (default 200)")
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=4,
+        help=f"partitions (real broker; the mock has {MOCK_PARTITIONS})",
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=_latency,
+        default=(0.0, 0.0),
+        metavar="L|LO-HI",
+        help="simulated handler latency in ms, fixed or a uniform range (default 0)",
+    )
+    p.add_argument("--ordering", choices=ORDERINGS, default="key")
+    p.add_argument("--engine", choices=[e for e in ENGINES if e != "process"], default="async")
+    p.add_argument(
+        "--max-in-flight", type=int, default=1000, help="max_in_flight_messages (default 1000)"
+    )
+    p.add_argument(
+        "--bootstrap-servers", default=None, help="a real cluster; default: embedded mock cluster"
+    )
+    p.add_argument("--topic", default=None, help="topic name (default: a fresh random one)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics /status /healthz on 127.0.0.1:N",
+    )
+    p.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    p.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON object on stdout"
+    )
+    p.add_argument("--quiet", action="store_true", help="no live progress")
+    return p
+
+
+def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
+    )
+    futures[topic].result(30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        md = admin.list_topics(topic, timeout=5).topics.get(topic)
+        if md is not None and md.error is None and len(md.partitions) == partitions:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"topic {topic} did not get {partitions} partitions in time")
+
+
+def _produce(
+    bootstrap: str, topic: str, messages: int, keys: int
+) -> dict[tuple[str, int], list[int]]:
+    produced: dict[tuple[str, int], list[int]] = defaultdict(list)
+    errors: list[str] = []
+
+    def on_delivery(err: Any, record: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+        else:
+            produced[(record.topic(), record.partition())].append(record.offset())
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "log_level": 4})
+    for i in range(messages):
+        while True:
+            try:
+                producer.produce(
+                    topic,
+                    key=f"key-{i % keys}".encode(),
+                    value=str(i).encode(),
+                    on_delivery=on_delivery,
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 1000 == 0:
+            producer.poll(0)
+    if producer.flush(60):
+        raise RuntimeError("producer could not deliver every demo message in 60 s")
+    if errors:
+        raise RuntimeError(f"{len(errors)} demo messages were not delivered, e.g. {errors[0]}")
+    return {k: sorted(v) for k, v in produced.items()}
+
+
+def _committed(
+    bootstrap: str, group: str, produced: dict[tuple[str, int], list[int]]
+) -> dict[tuple[str, int], int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "log_level": 4})
+    try:
+        tps = [TopicPartition(t, p) for (t, p) in produced]
+        return {(tp.topic, tp.partition): tp.offset for tp in c.committed(tps, timeout=15)}
+    finally:
+        c.close()
+
+
+def _make_handler(engine: str, audit: Audit, latency: tuple[float, float]) -> Any:
+    lo, hi = latency
+
+    if engine == "async":
+
+        async def handle(msg: Message) -> None:
+            audit.begin(msg.topic, msg.partition, msg.offset, msg.key)
+            if hi > 0:
+                await asyncio.sleep(random.uniform(lo, hi))
+            audit.end(msg.topic, msg.partition, msg.offset, msg.key)
+
+        return handle
+
+    def handle_sync(msg: Message) -> None:
+        audit.begin(msg.topic, msg.partition, msg.offset, msg.key)
+        if hi > 0:
+            time.sleep(random.uniform(lo, hi))
+        audit.end(msg.topic, msg.partition, msg.offset, msg.key)
+
+    return handle_sync
+
+
+def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+    mock = None
+    bootstrap = args.bootstrap_servers
+    if bootstrap is None:
+        mock = MockCluster()
+        bootstrap = mock.bootstrap
+    try:
+        return _run(args, bootstrap, embedded=mock is not None)
+    finally:
+        if mock is not None:
+            mock.close()
+
+
+def _run(args: argparse.Namespace, bootstrap: str, embedded: bool) -> dict[str, Any]:
+    topic = args.topic or f"pyrallel-demo-{uuid.uuid4().hex[:8]}"
+    group = f"{topic}-group"
+    if not embedded:
+        _create_topic(bootstrap, topic, args.partitions)
+    _say(
+        args,
+        f"producing {args.messages} messages over {args.keys} keys to {topic} "
+        f"({'embedded mock cluster' if embedded else bootstrap})",
+    )
+    produced = _produce(bootstrap, topic, args.messages, args.keys)
+    end_offsets = {tp: offsets[-1] + 1 for tp, offsets in produced.items()}
+
+    audit = Audit()
+    config = ConsumerConfig(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        topics=[topic],
+        ordering=args.ordering,
+        engine=args.engine,
+        max_in_flight_messages=args.max_in_flight,
+        commit_interval_ms=200,
+        kafka={"log_level": 4, "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
+    )
+    consumer = ParallelConsumer(config, _make_handler(args.engine, audit, args.latency_ms))
+    server = None
+    if args.metrics_port is not None:
+        from pyrallel.observability.http import serve
+
+        server = serve(consumer, port=args.metrics_port)
+    started = time.monotonic()
+    consumer.start()
+    finished_at = None
+    last_print = 0.0
+    try:
+        deadline = started + args.timeout
+        while time.monotonic() < deadline and consumer.error is None:
+            now = time.monotonic()
+            done = audit.processed
+            if done >= args.messages:
+                finished_at = finished_at or now
+                snap = consumer.get_metrics()
+                if (
+                    all(
+                        (p := snap.partitions.get(tp)) is not None and p.committed_offset == end
+                        for tp, end in end_offsets.items()
+                    )
+                    or now - finished_at > 10
+                ):
+                    break
+            if not args.quiet and now - last_print >= 0.5:
+                last_print = now
+                _progress(args, consumer, done, now - started)
+            time.sleep(0.02)
+    finally:
+        consumer.stop(timeout=30)
+        if server is not None:
+            server.close()
+    duration = (finished_at or time.monotonic()) - started
+    # Throughput counts from the first handler call: group join time is not processing.
+    window = (audit.last_end or 0.0) - (audit.first_begin or 0.0)
+    report = audit.report(produced)
+    committed = _committed(bootstrap, group, produced)
+    summary = {
+        "processed": report.processed,
+        "expected": report.expected,
+        "duration_s": round(duration, 3),
+        "msgs_per_s": round(report.processed / window, 1) if window > 0 else 0.0,
+        "ordering_violations": report.ordering_violations + report.overlaps,
+        "lost": report.lost,
+        "duplicates": report.duplicates,
+        "committed_equals_end": committed == end_offsets,
+        "ordering": args.ordering,
+        "engine": args.engine,
+        "partitions": len(produced),
+        "keys": args.keys,
+        "cluster": "embedded-mock" if embedded else "external",
+    }
+    return summary
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(text, file=sys.stderr)
+
+
+def _progress(
+    args: argparse.Namespace, consumer: ParallelConsumer, done: int, elapsed: float
+) -> None:
+    snap = consumer.get_metrics()
+    lag = sum(p.true_lag for p in snap.partitions.values())
+    gaps = sum(p.gap_count for p in snap.partitions.values())
+    rate = done / elapsed if elapsed > 0 else 0.0
+    print(
+        f"processed={done}/{args.messages} msg/s={rate:,.0f} in_flight={snap.total_in_flight}/"
+        f"{snap.max_in_flight} true_lag={lag} gaps={gaps} paused={snap.is_paused}",
+        file=sys.stderr,
+    )
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    for name in ("messages", "keys", "partitions", "max_in_flight"):
+        if getattr(args, name) < 1:
+            print(f"pyrallel demo: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    summary = run_demo(args)
+    ok = (
+        summary["lost"] == 0
+        and summary["ordering_violations"] == 0
+        and summary["committed_equals_end"]
+    )
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        for key in (
+            "processed",
+            "duration_s",
+            "msgs_per_s",
+            "lost",
+            "duplicates",
+            "ordering_violations",
+            "committed_equals_end",
+        ):
+            print(f"{key:>22}: {summary[key]}")
+        print(
+            "OK: every offset processed, key order held, commits at end offsets" if ok else "FAILED"
+        )
+    return 0 if ok else 1

@@ -1,0 +1,1 @@
+"""Telemetry: metric catalog, OpenTelemetry metrics and spans, the HTTP endpoint."""

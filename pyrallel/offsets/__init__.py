@@ -1,0 +1,1 @@
+"""Offset bookkeeping: what may be committed (pure, no I/O)."""

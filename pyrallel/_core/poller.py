@@ -522,6 +522,7 @@ class Runtime:
         self._next_commit = now + self.config.commit_interval_ms / 1000
         with self._lock:
             states = list(self._parts.values())
+        self._advance_positions(states)
         self._commit(states, asynchronous=True)
         for st in states:
             try:
@@ -532,6 +533,33 @@ class Runtime:
                 continue
             if high is not None and high >= 0:
                 st.high_watermark = high
+
+    def _advance_positions(self, states: Sequence[PartitionState]) -> None:
+        """Step over offsets the client consumed without handing them to us.
+
+        librdkafka hides transaction control records (and aborted records) but moves
+        its position past them. Without this, a partition whose last record is a commit
+        marker would never commit its end offset and would show a lag of 1 forever.
+        ``position()`` never passes a record that was not returned by ``consume``, and
+        every returned record of an owned partition is tracked, so the offsets between
+        the last fetched one and the position need no processing.
+        """
+        tps = [TopicPartition(st.topic, st.partition) for st in states if not st.revoking]
+        if not tps:
+            return
+        try:
+            positions = self._consumer.position(tps)
+        except KafkaException:
+            return
+        with self._lock:
+            for tp in positions:
+                st = self._parts.get((tp.topic, tp.partition))
+                if st is None or tp.offset < 0:
+                    continue
+                last = st.tracker.last_fetched
+                floor = last if last is not None else st.committed
+                if floor is not None and tp.offset - 1 > floor - (1 if last is None else 0):
+                    st.tracker.add_done(tp.offset - 1)
 
     def _offsets_for(self, states: Sequence[PartitionState], force: bool) -> list[TopicPartition]:
         out = []
@@ -670,6 +698,9 @@ class Runtime:
             self._drain_completions()
             if self._dlq is not None:
                 self._dlq.poll()
+        for st in states:
+            st.revoking = False  # nothing was ignored during the wait: positions are exact
+        self._advance_positions(states)
         self._commit(states, asynchronous=False)
         self._forget(states)
         with self._lock:

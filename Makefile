@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install venv fetch-kafka test test-unit test-integration pytest lint typecheck \
-	format check-generated broker demo
+	format check-generated generate broker demo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,7 +27,7 @@ fetch-kafka: ## download the Kafka broker jars into .cache/kafka (idempotent)
 
 # pytest exits 5 when it collected no test; make fails on any non-zero status, so an
 # empty run fails `make test` as it should.
-test: lint typecheck pytest ## lint + typecheck + the whole pytest suite (CI runs this)
+test: lint typecheck check-generated pytest ## lint + typecheck + the whole pytest suite (CI runs this)
 
 pytest: ## the whole pytest suite (unit + real-broker tests); PYTEST_ARGS=... to add flags
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -49,8 +49,11 @@ format: ## rewrite files: ruff format + ruff check --fix
 	$(BIN)/ruff format $(PY_PATHS)
 	$(BIN)/ruff check --fix $(PY_PATHS)
 
-check-generated: ## verify generated monitoring files are up to date (to be filled in)
-	@echo "check-generated: nothing to check yet"
+check-generated: ## fail if dashboards, alert rules or runbooks differ from the generator
+	$(BIN)/pyrallel generate --check
+
+generate: ## rewrite dashboards/, monitoring/prometheus/ and runbooks/ from the generator
+	$(BIN)/pyrallel generate
 
 broker: ## run a Kafka broker in the foreground (Ctrl-C stops it)
 	$(BIN)/python -m devtools.kafka_broker run

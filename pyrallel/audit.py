@@ -67,6 +67,12 @@ class Audit:
             if key is not None:
                 self._running.discard((topic, partition, key))
 
+    def abort(self, topic: str, partition: int, offset: int, key: Hashable) -> None:
+        """The call was cancelled (revoke/stop): the lane is free, nothing finished."""
+        with self._lock:
+            if key is not None:
+                self._running.discard((topic, partition, key))
+
     @property
     def processed(self) -> int:
         with self._lock:

@@ -40,6 +40,7 @@ ConsumerFactory = Callable[[dict[str, Any]], Any]
 _IDLE_POLL_S = 0.05  # nothing in flight: block this long in consume()
 _BUSY_WAIT_S = 0.002  # work in flight, nothing fetched: wait this long for a completion
 _PAUSE_AFTER_S = 0.5  # at the in-flight cap this long: pause partitions in librdkafka
+_METADATA_BUDGET = commit_metadata.DEFAULT_MAX_BYTES  # broker's offset.metadata.max.bytes
 _RETRY = 0
 _DLQ_RETRY = 1
 
@@ -502,6 +503,8 @@ class Runtime:
 
     def _pause_kafka(self, paused: bool) -> None:
         tps = self._assigned()
+        if not paused:
+            tps = [tp for tp in tps if not self._parts[(tp.topic, tp.partition)].admission_blocked]
         if tps:
             try:
                 (self._consumer.pause if paused else self._consumer.resume)(tps)
@@ -579,26 +582,54 @@ class Runtime:
         return out
 
     def _metadata(self, st: PartitionState, offset: int) -> str:
+        """The commit metadata for ``st``: the offsets done above ``offset``, encoded.
+
+        Admission control keeps the map inside the broker's budget: past 3/4 of it the
+        partition stops fetching (its in-flight work still completes, which can only
+        shrink the map) and resumes once the map is under half. If the map ever does
+        not fit, the longest prefix that fits is committed: claiming fewer finished
+        offsets is always safe, it only means some may run again after a crash.
+        """
         if not self.config.commit_metadata:
             return ""
         ranges = st.tracker.completed_ranges()
-        if not ranges:
-            return ""
-        encoded = commit_metadata.encode(offset, ranges)
+        encoded = commit_metadata.encode(offset, ranges, _METADATA_BUDGET) if ranges else ""
+        size = _METADATA_BUDGET + 1 if encoded is None else len(encoded)
+        if not self._closing:
+            if not st.admission_blocked and size > _METADATA_BUDGET * 3 // 4:
+                self._block_admission(st, True)
+            elif st.admission_blocked and size <= _METADATA_BUDGET // 2:
+                self._block_admission(st, False)
         if encoded is not None:
             return encoded
-        # Too many scattered completions to describe: keep a prefix (a subset of done
-        # offsets is always safe to skip) and stop admitting until the full map fits.
         lo, hi = 0, len(ranges)
         best = ""
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            candidate = commit_metadata.encode(offset, ranges[:mid])
+            candidate = commit_metadata.encode(offset, ranges[:mid], _METADATA_BUDGET)
             if candidate is None:
                 hi = mid - 1
             else:
                 best, lo = candidate, mid
         return best
+
+    def _block_admission(self, st: PartitionState, blocked: bool) -> None:
+        st.admission_blocked = blocked
+        self.counters["admission_blocks" if blocked else "admission_unblocks"] += 1
+        log.info(
+            "%s fetching topic=%s partition=%s: commit metadata %s its budget",
+            "pausing" if blocked else "resuming",
+            st.topic,
+            st.partition,
+            "nears" if blocked else "is back within",
+        )
+        if self._kafka_paused:
+            return  # the global resume skips blocked partitions
+        tp = [TopicPartition(st.topic, st.partition)]
+        try:
+            (self._consumer.pause if blocked else self._consumer.resume)(tp)
+        except KafkaException as exc:
+            log.warning("could not pause/resume %s-%s: %s", st.topic, st.partition, exc)
 
     def _commit(self, states: Sequence[PartitionState], *, asynchronous: bool) -> None:
         offsets = self._offsets_for(states, force=not asynchronous)

@@ -90,19 +90,21 @@ class AsyncExecutionEngine(ExecutionEngine):
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        done = threading.Event()
 
-        def cancel_all() -> None:
-            for tasks in self._tasks.values():
-                for task in tasks:
-                    task.cancel()
-            done.set()
+        async def cancel_and_wait() -> None:
+            tasks = [task for bucket in self._tasks.values() for task in bucket]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                # Let cancelled handlers run their cleanup before the loop goes away.
+                await asyncio.wait(tasks, timeout=timeout)
 
         try:
-            loop.call_soon_threadsafe(cancel_all)
+            future = asyncio.run_coroutine_threadsafe(cancel_and_wait(), loop)
         except RuntimeError:  # loop already closed by the application
             return
-        done.wait(timeout)
+        with contextlib.suppress(Exception):
+            future.result(timeout + 1)
         if self._own_loop and self._thread is not None:
             loop.call_soon_threadsafe(loop.stop)
             self._thread.join(timeout)

@@ -43,8 +43,13 @@ def audited(
                     await result
             if hi > 0:
                 await asyncio.sleep(random.uniform(lo, hi))
-        finally:
-            audit.end(msg.topic, msg.partition, msg.offset, msg.key)
+        except asyncio.CancelledError:
+            audit.abort(msg.topic, msg.partition, msg.offset, msg.key)
+            raise
+        except BaseException:
+            audit.abort(msg.topic, msg.partition, msg.offset, msg.key)
+            raise
+        audit.end(msg.topic, msg.partition, msg.offset, msg.key)
 
     return handle
 

@@ -1,33 +1,29 @@
 # Run `make help` for the targets. Everything runs from the project virtualenv.
 VENV ?= .venv
-PYTHON ?= python3.11
 BIN := $(VENV)/bin
 PY_PATHS := pyrallel tests devtools
 TYPECHECK_PATHS ?= pyrallel devtools
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install venv fetch-kafka test test-unit test-integration pytest lint typecheck \
+.PHONY: help install install-python fetch-kafka test test-unit test-integration pytest lint typecheck \
 	format check-generated generate broker demo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+install: ## everything the tests need: Prometheus, Java/Maven if missing, .venv, Kafka jars
+	bash devtools/bootstrap.sh
 
-venv: $(BIN)/python ## create the virtualenv if missing
-
-install: venv ## virtualenv + pip install -e '.[dev]' + Kafka jars
-	$(BIN)/python -m pip install -e '.[dev]'
-	$(BIN)/python -m devtools.kafka_broker fetch
+install-python: ## only the .venv with pip install -e '.[dev]' (enough for the demo)
+	bash devtools/bootstrap.sh --python-only
 
 fetch-kafka: ## download the Kafka broker jars into .cache/kafka (idempotent)
 	$(BIN)/python -m devtools.kafka_broker fetch
 
 # pytest exits 5 when it collected no test; make fails on any non-zero status, so an
 # empty run fails `make test` as it should.
-test: lint typecheck check-generated pytest ## lint + typecheck + the whole pytest suite (CI runs this)
+test: install lint typecheck check-generated pytest ## install what is missing, then lint, typecheck, generated-file check, all tests (CI runs this)
 
 pytest: ## the whole pytest suite (unit + real-broker tests); PYTEST_ARGS=... to add flags
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -58,5 +54,5 @@ generate: ## rewrite dashboards/, monitoring/prometheus/ and runbooks/ from the 
 broker: ## run a Kafka broker in the foreground (Ctrl-C stops it)
 	$(BIN)/python -m devtools.kafka_broker run
 
-demo: ## run the end-to-end demo
-	$(BIN)/pyrallel demo
+demo: install-python ## the demo on the embedded mock cluster (ARGS="--messages 100000 --json")
+	$(BIN)/pyrallel demo $(ARGS)

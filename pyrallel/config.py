@@ -222,6 +222,28 @@ class ConsumerConfig:
         )
         return settings
 
+    def check_with_librdkafka(self) -> None:
+        """Let librdkafka judge every setting now (unknown key, bad value), not at start.
+
+        Builds and closes a consumer that never subscribes, so nothing joins a group.
+        The error names the offending key; a secret's value never appears in it.
+        """
+        from confluent_kafka import Consumer, KafkaException
+
+        try:
+            Consumer(self.consumer_settings()).close()
+        except KafkaException as exc:
+            text = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+            if text.count('"') < 2:
+                raise ConfigError(
+                    "kafka", self.redacted_kafka(), f"librdkafka refused it: {text}"
+                ) from None
+            key = text.rsplit('"', 2)[-2]
+            if _is_secret(key):
+                text = f'Invalid value for configuration property "{key}"'
+            shown = "***" if _is_secret(key) else self.kafka.get(key, "")
+            raise ConfigError(f"kafka[{key!r}]", shown, f"librdkafka refused it: {text}") from None
+
     def redacted_kafka(self) -> dict[str, Any]:
         """``kafka`` with secret-looking values masked, for logs and ``/status``."""
         return {k: ("***" if _is_secret(k) else v) for k, v in self.kafka.items()}

@@ -68,6 +68,8 @@ class ParallelConsumer:
     ) -> None:
         if not isinstance(config, ConsumerConfig):
             raise ConfigError("config", config, "a pyrallel.ConsumerConfig")
+        if consumer_factory is None:
+            config.check_with_librdkafka()
         self.config = config
         self._handler = handler
         if telemetry is None:

@@ -256,7 +256,7 @@ class Runtime:
         now = time.monotonic()
         ready: list[Message] = []
         parts = self._parts
-        skipped = 0
+        skipped: dict[str, int] = {}
         with self._lock:
             for raw in msgs:
                 err = raw.error()
@@ -273,7 +273,7 @@ class Runtime:
                 try:
                     if done is not None and done.contains(offset):
                         tracker.add_done(offset)
-                        skipped += 1
+                        skipped[key[0]] = skipped.get(key[0], 0) + 1
                         continue
                     tracker.add(offset, now)
                 except OffsetError as exc:
@@ -300,9 +300,9 @@ class Runtime:
                 self._in_flight += 1
                 if st.lanes.admit(msg):
                     ready.append(msg)
-            if skipped:
-                self.counters["skipped_done"] += skipped
-                self._telemetry.skipped_done(key[0], skipped)
+            for topic, count in skipped.items():
+                self.counters["skipped_done"] += count
+                self._telemetry.skipped_done(topic, count)
         if ready:
             self._engine.submit(ready)
 

@@ -118,3 +118,26 @@ def test_effective_counts() -> None:
     assert make(max_in_flight_messages=10).effective_thread_count == 10
     assert make().dlq_topic_for("orders") == "orders.dlq"
     assert make(dlq_topic="dead").dlq_topic_for("orders") == "dead"
+
+
+def test_librdkafka_refuses_unknown_key_at_construction() -> None:
+    cfg = make(kafka={"fetch.wait.max.msx": 5})
+    with pytest.raises(ConfigError) as info:
+        cfg.check_with_librdkafka()
+    assert info.value.field == "kafka['fetch.wait.max.msx']"
+    assert "No such configuration property" in str(info.value)
+
+
+def test_librdkafka_bad_secret_value_is_not_echoed() -> None:
+    sasl = {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"}
+    make(kafka={**sasl, "sasl.username": "me", "sasl.password": "hunter2"}).check_with_librdkafka()
+    with pytest.raises(ConfigError) as missing:
+        make(kafka={**sasl, "sasl.password": "hunter2"}).check_with_librdkafka()
+    assert missing.value.field == "kafka"
+    assert "sasl.username" in str(missing.value)
+    assert "hunter2" not in str(missing.value)
+    bad = make(kafka={"ssl.key.password": "hunter2", "security.protocol": "bogus"})
+    with pytest.raises(ConfigError) as info:
+        bad.check_with_librdkafka()
+    assert "hunter2" not in str(info.value)
+    assert info.value.field == "kafka['security.protocol']"

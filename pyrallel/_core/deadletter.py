@@ -123,6 +123,7 @@ class DeadLetterWriter:
     def close(self, timeout: float) -> None:
         if self._producer is not None:
             remaining = self._producer.flush(timeout)
+            self._producer = None  # release its connections now, not at garbage collection
             if remaining:
                 log.warning(
                     "dead-letter writes not confirmed at shutdown: %d (offsets stay uncommitted)",

@@ -84,6 +84,7 @@ class Runtime:
         self._timers: list[tuple[float, int, int, Message]] = []
         self._first_failure: dict[tuple[str, int, int], float] = {}
         self._last_error: dict[tuple[str, int, int], BaseException] = {}
+        self._dlq_tries: dict[tuple[str, int, int], int] = {}
         self._metadata_warned = False
         self.counters: dict[str, int] = {
             "processed": 0,
@@ -354,6 +355,7 @@ class Runtime:
             coord = (msg.topic, msg.partition, msg.offset)
             self._first_failure.pop(coord, None)
             self._last_error.pop(coord, None)
+            self._dlq_tries.pop(coord, None)
         nxt = st.lanes.release(msg)
         if nxt is not None:
             ready.append(nxt)
@@ -455,15 +457,21 @@ class Runtime:
         with self._lock:
             self.counters["dlq_failures"] += 1
             self._telemetry.dlq(msg, "failed")
-            log.warning(
-                "dead-letter write failed, offset stays uncommitted "
+            coord = (msg.topic, msg.partition, msg.offset)
+            tries = self._dlq_tries[coord] = self._dlq_tries.get(coord, 0) + 1
+            # The first failure and every 10th are warnings; a long outage must not flood.
+            level = logging.WARNING if tries == 1 or tries % 10 == 0 else logging.DEBUG
+            log.log(
+                level,
+                "dead-letter write failed (try %d), offset stays uncommitted "
                 "topic=%s partition=%s offset=%s: %s",
+                tries,
                 msg.topic,
                 msg.partition,
                 msg.offset,
                 reason,
             )
-            delay = self._backoff(min(msg.attempt, 8))
+            delay = self._backoff(tries)
             heapq.heappush(
                 self._timers, (time.monotonic() + delay, next(self._seq), _DLQ_RETRY, msg)
             )

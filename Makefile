@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-python fetch-kafka test test-unit test-integration pytest lint typecheck \
-	format check-generated generate broker demo
+	format check-generated generate broker demo stack
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -56,3 +56,13 @@ broker: ## run a Kafka broker in the foreground (Ctrl-C stops it)
 
 demo: install-python ## the demo on the embedded mock cluster (ARGS="--messages 100000 --json")
 	$(BIN)/pyrallel demo $(ARGS)
+
+# The compose stack minus Grafana, from the same files (compose/, devtools/stack.py).
+stack: install ## Kafka + Prometheus + continuous demo on 127.0.0.1, no Docker; POISON_KEY=k hangs key k
+	$(BIN)/python -m devtools.stack $(if $(POISON_KEY),--poison-key=$(POISON_KEY))
+
+# Not part of `make test`: the full run takes about 20 minutes (CI runs only `--smoke`,
+# through tests/bench/). Results land in benchmarks/results/latest.{json,md}.
+.PHONY: bench
+bench: install ## benchmark suite on a real broker (~20 min); ARGS="--smoke" for seconds, --help for flags
+	$(BIN)/pyrallel bench $(ARGS)

@@ -4,6 +4,11 @@ With no ``--bootstrap-servers`` it starts librdkafka's mock cluster in-process (
 embedded default). Progress goes to stderr; ``--json`` prints the verdict as one JSON
 object on stdout. Exit status 0 only when nothing was lost, key order held and the
 final commits equal the end offsets.
+
+``--continuous`` runs instead until SIGINT/SIGTERM: it produces ``--rate`` messages a
+second and consumes them, printing progress, with no verdict; ``--poison-key KEY`` makes
+the handler hang on that key's messages, so the partition's blocking duration rises and
+the blocking-duration alerts fire (the local stack in ``compose/`` runs it this way).
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ import asyncio
 import json
 import logging
 import random
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from pyrallel._mock import MOCK_PARTITIONS, MockCluster
 from pyrallel.audit import Audit
@@ -75,7 +82,32 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         default=None,
-        help="serve /metrics /status /healthz on 127.0.0.1:N",
+        help="serve /metrics /status /healthz on port N of --metrics-host",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics endpoint binds (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--continuous",
+        action="store_true",
+        help="produce at --rate msg/s and consume until SIGINT/SIGTERM (no verdict)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=100.0,
+        help="--continuous: messages produced per second (default 100)",
+    )
+    p.add_argument(
+        "--poison-key",
+        default=None,
+        metavar="KEY",
+        help=(
+            "--continuous: also produce one message with key KEY; the handler hangs on every"
+            " message with this key (an empty KEY means none)"
+        ),
     )
     p.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
     p.add_argument(
@@ -85,14 +117,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+def _create_topic(bootstrap: str, topic: str, partitions: int, *, exist_ok: bool = False) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(
         [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
     )
-    futures[topic].result(30)
+    try:
+        futures[topic].result(30)
+    except KafkaException as exc:
+        if not (exist_ok and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS):
+            raise
+        # A restarted continuous demo keeps its topic (and the partitions it has).
+        return
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         md = admin.list_topics(topic, timeout=5).topics.get(topic)
@@ -147,24 +185,34 @@ def _committed(
         c.close()
 
 
-def _make_handler(engine: str, audit: Audit, latency: tuple[float, float]) -> Any:
+def _lane(ordering: str) -> Any:
+    """What the audit checks order on: the key, the whole partition, or nothing."""
+    if ordering == "key":
+        return lambda msg: msg.key
+    if ordering == "partition":
+        return lambda msg: b"partition"
+    return lambda msg: None
+
+
+def _make_handler(engine: str, ordering: str, audit: Audit, latency: tuple[float, float]) -> Any:
     lo, hi = latency
+    lane = _lane(ordering)
 
     if engine == "async":
 
         async def handle(msg: Message) -> None:
-            audit.begin(msg.topic, msg.partition, msg.offset, msg.key)
+            audit.begin(msg.topic, msg.partition, msg.offset, lane(msg))
             if hi > 0:
                 await asyncio.sleep(random.uniform(lo, hi))
-            audit.end(msg.topic, msg.partition, msg.offset, msg.key)
+            audit.end(msg.topic, msg.partition, msg.offset, lane(msg))
 
         return handle
 
     def handle_sync(msg: Message) -> None:
-        audit.begin(msg.topic, msg.partition, msg.offset, msg.key)
+        audit.begin(msg.topic, msg.partition, msg.offset, lane(msg))
         if hi > 0:
             time.sleep(random.uniform(lo, hi))
-        audit.end(msg.topic, msg.partition, msg.offset, msg.key)
+        audit.end(msg.topic, msg.partition, msg.offset, lane(msg))
 
     return handle_sync
 
@@ -206,12 +254,14 @@ def _run(args: argparse.Namespace, bootstrap: str, embedded: bool) -> dict[str, 
         commit_interval_ms=200,
         kafka={"log_level": 4, "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
     )
-    consumer = ParallelConsumer(config, _make_handler(args.engine, audit, args.latency_ms))
+    consumer = ParallelConsumer(
+        config, _make_handler(args.engine, args.ordering, audit, args.latency_ms)
+    )
     server = None
     if args.metrics_port is not None:
         from pyrallel.observability.http import serve
 
-        server = serve(consumer, port=args.metrics_port)
+        server = serve(consumer, port=args.metrics_port, host=args.metrics_host)
     started = time.monotonic()
     consumer.start()
     finished_at = None
@@ -263,6 +313,214 @@ def _run(args: argparse.Namespace, bootstrap: str, embedded: bool) -> dict[str, 
     return summary
 
 
+# -- continuous mode ---------------------------------------------------------------------
+
+
+class _Tally:
+    """Counts shared by the producer thread, the handlers and the progress line."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.produced = 0
+        self.undelivered = 0
+        self.processed = 0
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+
+def _produce_forever(
+    bootstrap: str,
+    topic: str,
+    args: argparse.Namespace,
+    tally: _Tally,
+    stop: threading.Event,
+) -> None:
+    """Produce ``args.rate`` messages a second over ``args.keys`` keys until ``stop``."""
+
+    def on_delivery(err: Any, _record: Any) -> None:
+        tally.add("undelivered" if err is not None else "produced")
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "log_level": 4})
+    if args.poison_key:
+        producer.produce(
+            topic, key=args.poison_key.encode(), value=b"poison", on_delivery=on_delivery
+        )
+    started = time.monotonic()
+    sent = 0
+    while not stop.is_set():
+        # Catch up to the schedule, but never burst more than a second's worth after a
+        # stall (a paused broker), so the rate stays what was asked for.
+        burst = max(1, int(args.rate))
+        due = int((time.monotonic() - started) * args.rate) - sent
+        if due > burst:
+            started += (due - burst) / args.rate
+            due = burst
+        for _ in range(max(due, 0)):
+            try:
+                producer.produce(
+                    topic,
+                    key=f"key-{sent % args.keys}".encode(),
+                    value=str(sent).encode(),
+                    on_delivery=on_delivery,
+                )
+            except BufferError:
+                break  # the local queue is full: retry on the next tick
+            sent += 1
+        producer.poll(0)
+        stop.wait(0.02)
+    producer.flush(10)
+
+
+def _continuous_handler(
+    engine: str,
+    latency: tuple[float, float],
+    poison: bytes | None,
+    tally: _Tally,
+    release: threading.Event,
+) -> Any:
+    """The demo handler; messages keyed ``poison`` hang until ``release`` (demo exit)."""
+    lo, hi = latency
+
+    if engine == "async":
+
+        async def handle(msg: Message) -> None:
+            if poison is not None and msg.key == poison:
+                # Hangs for good: the stop drain cancels it, so it is never committed.
+                while not release.is_set():
+                    await asyncio.sleep(0.1)
+                return
+            if hi > 0:
+                await asyncio.sleep(random.uniform(lo, hi))
+            tally.add("processed")
+
+        return handle
+
+    def handle_sync(msg: Message) -> None:
+        if poison is not None and msg.key == poison:
+            # Released only after the consumer stopped (its result then goes nowhere),
+            # so the worker thread does not keep the process from exiting.
+            release.wait()
+            return
+        if hi > 0:
+            time.sleep(random.uniform(lo, hi))
+        tally.add("processed")
+
+    return handle_sync
+
+
+def run_continuous(args: argparse.Namespace) -> int:
+    """``--continuous``: produce and consume until SIGINT/SIGTERM; 0 on a clean stop."""
+    mock = None
+    bootstrap = args.bootstrap_servers
+    if bootstrap is None:
+        mock = MockCluster()
+        bootstrap = mock.bootstrap
+    stop = threading.Event()
+    restore: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            restore[sig] = signal.signal(sig, lambda _signum, _frame: stop.set())
+    try:
+        return _run_continuous(args, bootstrap, stop, embedded=mock is not None)
+    finally:
+        for sig, previous in restore.items():
+            signal.signal(sig, previous)
+        if mock is not None:
+            mock.close()
+
+
+def _run_continuous(
+    args: argparse.Namespace, bootstrap: str, stop: threading.Event, embedded: bool
+) -> int:
+    topic = args.topic or f"pyrallel-demo-{uuid.uuid4().hex[:8]}"
+    if not embedded:
+        _create_topic(bootstrap, topic, args.partitions, exist_ok=True)
+    poison = args.poison_key.encode() if args.poison_key else None
+    tally = _Tally()
+    release = threading.Event()
+    config = ConsumerConfig(
+        bootstrap_servers=bootstrap,
+        group_id=f"{topic}-group",
+        topics=[topic],
+        ordering=args.ordering,
+        engine=args.engine,
+        max_in_flight_messages=args.max_in_flight,
+        commit_interval_ms=500,
+        kafka={"log_level": 4, "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
+    )
+    handler = _continuous_handler(args.engine, args.latency_ms, poison, tally, release)
+    consumer = ParallelConsumer(config, handler)
+    server = None
+    if args.metrics_port is not None:
+        from pyrallel.observability.http import serve
+
+        server = serve(consumer, port=args.metrics_port, host=args.metrics_host)
+    where = "embedded mock cluster" if embedded else bootstrap
+    _say(args, f"continuous demo: {args.rate:g} msg/s over {args.keys} keys to {topic} ({where})")
+    if poison is not None:
+        _say(args, f"poison key {args.poison_key!r}: its messages hang the handler")
+    if server is not None:
+        _say(args, f"metrics: {server.url}/metrics  status: {server.url}/status")
+    _say(args, "Ctrl-C (SIGINT) or SIGTERM stops")
+    producer = threading.Thread(
+        target=_produce_forever,
+        args=(bootstrap, topic, args, tally, stop),
+        name="pyrallel-demo-producer",
+        daemon=True,
+    )
+    consumer.start()
+    producer.start()
+    status = 0
+    try:
+        last, last_processed = time.monotonic(), 0
+        while not stop.wait(2.0):
+            if consumer.error is not None:
+                break
+            now = time.monotonic()
+            if not args.quiet:
+                rate = (tally.processed - last_processed) / (now - last)
+                _continuous_progress(consumer, tally, rate)
+            last, last_processed = now, tally.processed
+    finally:
+        stop.set()
+        producer.join(15)
+        try:
+            # A hung poison handler never finishes, so the drain can only end at its
+            # deadline; a short one still lets the healthy work commit.
+            consumer.stop(timeout=5.0 if poison is not None else 30.0)
+        except Exception as exc:  # the consumer's own fatal error, already logged
+            print(
+                f"pyrallel demo: consumer stopped with {type(exc).__name__}: {exc}", file=sys.stderr
+            )
+            status = 1
+        finally:
+            release.set()
+            if server is not None:
+                server.close()
+    _say(
+        args,
+        f"stopped: produced={tally.produced} processed={tally.processed}"
+        f" undelivered={tally.undelivered}",
+    )
+    return status
+
+
+def _continuous_progress(consumer: ParallelConsumer, tally: _Tally, rate: float) -> None:
+    snap = consumer.get_metrics()
+    parts = snap.partitions.values()
+    print(
+        f"produced={tally.produced} processed={tally.processed} msg/s={rate:,.0f}"
+        f" in_flight={snap.total_in_flight}/{snap.max_in_flight}"
+        f" true_lag={sum(p.true_lag for p in parts)} gaps={sum(p.gap_count for p in parts)}"
+        f" max_blocking={max((p.blocking_duration_sec for p in parts), default=0.0):.0f}s"
+        f" paused={snap.is_paused}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _say(args: argparse.Namespace, text: str) -> None:
     if not args.quiet:
         print(text, file=sys.stderr)
@@ -288,9 +546,18 @@ def main(argv: list[str]) -> int:
         if getattr(args, name) < 1:
             print(f"pyrallel demo: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
+    if args.continuous and not args.rate > 0:
+        print("pyrallel demo: --rate must be > 0", file=sys.stderr)
+        return 2
+    if args.poison_key and not args.continuous:
+        # A hanging key can never pass the verification the finite demo ends with.
+        print("pyrallel demo: --poison-key needs --continuous", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.continuous:
+        return run_continuous(args)
     summary = run_demo(args)
     ok = (
         summary["lost"] == 0

@@ -40,3 +40,7 @@ def mock_cluster() -> Iterator[str]:
     """Bootstrap servers ("host:port,...") of a fresh 3-broker librdkafka mock cluster."""
     with MockCluster(num_brokers=3) as cluster:
         yield cluster.bootstrap
+
+
+# The real-broker fixtures (one broker per session, shared by every test directory).
+pytest_plugins = ["tests.support.broker_fixtures"]

@@ -1,4 +1,5 @@
-"""Fixtures backed by one real Apache Kafka broker per test session.
+"""Fixtures backed by one real Apache Kafka broker per test session (a pytest plugin
+loaded by tests/conftest.py, so every test directory shares the one broker).
 
 Tests using them must be marked ``@pytest.mark.broker`` (the ``bootstrap`` fixture
 enforces it), so ``-m "not broker"`` really runs without Java.

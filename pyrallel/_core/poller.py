@@ -718,8 +718,8 @@ class Runtime:
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
-        if self._kafka_paused and partitions:
-            consumer.pause(partitions)
+        if (self._kafka_paused or self._closing) and partitions:
+            consumer.pause(partitions)  # closing: nothing fetched now would be processed
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
@@ -739,7 +739,10 @@ class Runtime:
                 self._dlq.poll()
         for st in states:
             st.revoking = False  # nothing was ignored during the wait: positions are exact
-        self._advance_positions(states)
+        if not self._closing:
+            # While closing, the drain loop discards what consume() returns, so the
+            # position may be past records nobody processed: never commit it.
+            self._advance_positions(states)
         self._commit(states, asynchronous=False)
         self._forget(states)
         with self._lock:

@@ -535,6 +535,10 @@ class Runtime:
             states = list(self._parts.values())
         self._advance_positions(states)
         self._commit(states, asynchronous=True)
+        restarts = self._engine.restarts
+        if restarts > self.counters["worker_restarts"]:
+            self._telemetry.worker_restart(restarts - self.counters["worker_restarts"])
+            self.counters["worker_restarts"] = restarts
         for st in states:
             try:
                 _, high = self._consumer.get_watermark_offsets(

@@ -55,7 +55,6 @@ class AsyncExecutionEngine(ExecutionEngine):
         self._thread: threading.Thread | None = None
         self._deliver: Deliver | None = None
         self._tasks: dict[tuple[str, int], set[asyncio.Task[None]]] = {}
-        self._abandoned: set[tuple[str, int]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -120,7 +119,6 @@ class AsyncExecutionEngine(ExecutionEngine):
         tasks = self._tasks
         for msg in messages:
             tp = (msg.topic, msg.partition)
-            self._abandoned.discard(tp)
             task = loop.create_task(self._run(msg))
             bucket = tasks.get(tp)
             if bucket is None:
@@ -129,7 +127,6 @@ class AsyncExecutionEngine(ExecutionEngine):
             task.add_done_callback(bucket.discard)
 
     def _cancel_partition(self, tp: tuple[str, int]) -> None:
-        self._abandoned.add(tp)
         for task in self._tasks.pop(tp, ()):
             task.cancel()
 

@@ -2,8 +2,9 @@
 
 A thread cannot be cancelled. A call past ``handler_timeout_ms`` is reported as failed
 (:class:`HandlerTimeoutError`) at once so its message can be retried or dead-lettered;
-the thread itself runs on until the handler returns, is counted in ``leaked_threads``
-and its late result is ignored.
+the thread itself runs on until the handler returns, is counted in ``leaked_threads``,
+its late result is ignored, and it exits then. A new thread takes its place at once,
+so stuck calls never shrink the pool.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import heapq
 import inspect
 import itertools
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pyrallel.engines.base import Deliver, ExecutionEngine, SpanFactory
@@ -53,13 +54,15 @@ class ThreadExecutionEngine(ExecutionEngine):
         self._threads = threads
         self._timeout = timeout_s
         self._span = span_factory
-        self._pool: ThreadPoolExecutor | None = None
+        self._queue: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
+        self._workers: set[threading.Thread] = set()
+        self._retired: set[int] = set()  # idents of threads whose call timed out
         self._deliver: Deliver | None = None
         self._lock = threading.Lock()
         self._seq = itertools.count()
-        # Calls that may still time out: id -> (message, deadline).
+        # Calls that may still time out: token -> message; deadlines in a heap.
         self._running: dict[int, Message] = {}
-        self._deadlines: list[tuple[float, int]] = []
+        self._deadlines: list[tuple[float, int, int]] = []
         self._abandoned: set[tuple[str, int]] = set()
         self._stopped = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -67,19 +70,40 @@ class ThreadExecutionEngine(ExecutionEngine):
 
     def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
-        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="pyrallel-worker")
+        for _ in range(self._threads):
+            self._add_worker()
         if self._timeout is not None:
             self._watchdog = threading.Thread(
                 target=self._watch, name="pyrallel-timeouts", daemon=True
             )
             self._watchdog.start()
 
+    def _add_worker(self) -> None:
+        thread = threading.Thread(
+            target=self._work, name=f"pyrallel-worker-{next(self._seq)}", daemon=True
+        )
+        with self._lock:
+            self._workers.add(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        me = threading.get_ident()
+        while True:
+            msg = self._queue.get()
+            if msg is None:
+                return
+            self._run(msg)
+            with self._lock:
+                if me in self._retired:  # timed out: a replacement already took our place
+                    self._retired.discard(me)
+                    self._workers.discard(threading.current_thread())
+                    return
+
     def submit(self, messages: list[Message]) -> None:
-        pool = self._pool
-        assert pool is not None, "engine not started"
+        put = self._queue.put
         for msg in messages:
             self._abandoned.discard((msg.topic, msg.partition))
-            pool.submit(self._run, msg)
+            put(msg)
 
     def abandon(self, topic: str, partition: int) -> None:
         self._abandoned.add((topic, partition))
@@ -92,7 +116,8 @@ class ThreadExecutionEngine(ExecutionEngine):
             token = next(self._seq)
             with self._lock:
                 self._running[token] = msg
-                heapq.heappush(self._deadlines, (time.monotonic() + self._timeout, token))
+                deadline = time.monotonic() + self._timeout
+                heapq.heappush(self._deadlines, (deadline, token, threading.get_ident()))
         started = time.perf_counter()
         error: BaseException | None = None
         try:
@@ -118,11 +143,16 @@ class ThreadExecutionEngine(ExecutionEngine):
             expired: list[Message] = []
             with self._lock:
                 while self._deadlines and self._deadlines[0][0] <= now:
-                    _, token = heapq.heappop(self._deadlines)
+                    _, token, ident = heapq.heappop(self._deadlines)
                     msg = self._running.pop(token, None)
                     if msg is not None:
                         expired.append(msg)
                         self.leaked_threads += 1
+                        self._retired.add(ident)
+            for _ in expired:
+                if not self._stopped.is_set():
+                    self._add_worker()
+                    self.restarts += 1
             for msg in expired:
                 assert self._deliver is not None
                 err = HandlerTimeoutError(
@@ -133,7 +163,18 @@ class ThreadExecutionEngine(ExecutionEngine):
 
     def stop(self, timeout: float) -> None:
         self._stopped.set()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        # Forget queued work, then wake every idle worker so it exits.
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        with self._lock:
+            workers = list(self._workers)
+        for _ in workers:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
         if self._watchdog is not None:
             self._watchdog.join(timeout)

@@ -44,6 +44,28 @@ _METADATA_BUDGET = commit_metadata.DEFAULT_MAX_BYTES  # broker's offset.metadata
 _RETRY = 0
 _DLQ_RETRY = 1
 
+COUNTERS: tuple[str, ...] = (
+    "processed",  # handler calls that succeeded
+    "failed",  # handler calls that raised or timed out
+    "retried",
+    "skipped_failures",  # on_failure="skip"
+    "dead_lettered",  # DLQ writes confirmed
+    "dlq_failures",  # DLQ writes refused (retried)
+    "skipped_done",  # fetched offsets an earlier owner had finished (commit metadata)
+    "commits",  # partitions the broker confirmed
+    "commit_failures",
+    "pauses",  # backpressure paused fetching in librdkafka
+    "resumes",
+    "admission_blocks",  # commit metadata near its budget: one partition paused
+    "admission_unblocks",
+    "worker_restarts",
+    "assigned",
+    "revoked",
+    "lost",
+    "fenced",  # results of an earlier assignment, dropped
+)
+"""The keys of ``MetricsSnapshot.counters`` (cumulative since start)."""
+
 
 class Runtime:
     """Owns the consumer and all per-partition state; see the module docstring."""
@@ -86,27 +108,12 @@ class Runtime:
         self._last_error: dict[tuple[str, int, int], BaseException] = {}
         self._dlq_tries: dict[tuple[str, int, int], int] = {}
         self._metadata_warned = False
-        self.counters: dict[str, int] = {
-            "processed": 0,
-            "failed": 0,
-            "retried": 0,
-            "skipped_failures": 0,
-            "dead_lettered": 0,
-            "dlq_failures": 0,
-            "skipped_done": 0,
-            "commits": 0,
-            "commit_failures": 0,
-            "pauses": 0,
-            "resumes": 0,
-            "assigned": 0,
-            "revoked": 0,
-            "lost": 0,
-            "fenced": 0,
-        }
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         strategy = str(config.kafka.get("partition.assignment.strategy", ""))
         self._cooperative = (
             "cooperative" in strategy or config.kafka.get("group.protocol") == "consumer"
         )
+        self._guard_metadata = config.commit_metadata
         self._dlq: DeadLetterWriter | None = None
         if config.on_failure == "dlq":
             self._dlq = DeadLetterWriter(
@@ -225,6 +232,8 @@ class Runtime:
             self._dlq.poll()
         if now >= self._next_commit:
             self._periodic(now)
+        if self._guard_metadata:
+            self._guard_metadata_budget(now)
         free = self._max - self._in_flight
         self._apply_backpressure(free, now)
         if self._kafka_paused:
@@ -624,6 +633,35 @@ class Runtime:
             else:
                 best, lo = candidate, mid
         return best
+
+    def _guard_metadata_budget(self, now: float) -> None:
+        """Between commits, stop a partition's intake before its map outgrows the budget.
+
+        The encoded map is never larger than a bitset over the true lag, nor than a
+        run-length list of ``gap_count`` ranges, so those O(1) bounds clear almost every
+        partition; only one that might be near the budget is measured exactly (at most
+        every 50 ms). Unblocking is left to the commit tick.
+        """
+        limit = _METADATA_BUDGET * 3 // 4
+        for st in self._parts.values():
+            if st.admission_blocked:
+                continue
+            tracker = st.tracker
+            gaps = tracker.gap_count
+            if not gaps:
+                continue
+            lag = tracker.true_lag
+            width = 2 * max(1, (lag.bit_length() + 6) // 7)
+            bound = min(lag // 8 + 1, gaps * width) * 5 // 4 + 24
+            if bound <= limit or now < st.next_budget_check:
+                continue
+            st.next_budget_check = now + 0.05
+            offset = tracker.commit_offset
+            if offset is None:
+                continue
+            size = commit_metadata.encoded_size(offset, tracker.completed_ranges())
+            if size > limit:
+                self._block_admission(st, True)
 
     def _block_admission(self, st: PartitionState, blocked: bool) -> None:
         st.admission_blocked = blocked

@@ -18,6 +18,7 @@ class PartitionState:
         "high_watermark",
         "lanes",
         "metadata_sent",
+        "next_budget_check",
         "partition",
         "revoking",
         "topic",
@@ -42,6 +43,7 @@ class PartitionState:
         self.commit_sent: int | None = None
         self.metadata_sent: str | None = None
         self.high_watermark: int | None = None
+        self.next_budget_check = 0.0
 
     @property
     def key(self) -> tuple[str, int]:

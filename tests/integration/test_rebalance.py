@@ -183,3 +183,49 @@ def test_stop_while_handlers_run_drains_then_commits_only_finished(
     consumer.stop(timeout=2)
     assert time.monotonic() - started < 10, "the drain is bounded by the stop timeout"
     assert committed(bootstrap, group_id, topic, 1)[0] == hang_at
+
+
+def test_scattered_completions_block_admission_and_metadata_stays_in_budget(
+    bootstrap: str, make_topic: Any, produce_keyed: Any, group_id: str
+) -> None:
+    """Every other offset stuck: the completed map would outgrow 4,096 bytes.
+
+    The partition stops fetching once the map nears the budget, every committed
+    metadata string stays within it, and fetching resumes once the map shrinks.
+    """
+    topic = make_topic(partitions=1)
+    total = 30_000
+    produced = produce_keyed(topic, total, keys=1000)
+    gate: dict[str, Any] = {}
+
+    async def even_offsets_wait(msg: Message) -> None:
+        if msg.offset % 2 == 0:
+            if "event" not in gate:
+                gate["loop"] = asyncio.get_running_loop()
+                gate["event"] = asyncio.Event()
+            await gate["event"].wait()
+
+    audit = Audit()
+    cfg = config(bootstrap, group_id, [topic], ordering="unordered", max_in_flight_messages=50_000)
+    consumer = ParallelConsumer(cfg, audited(audit, before=even_offsets_wait))
+    sizes: list[int] = []
+    with running(consumer):
+        wait_until(
+            lambda: consumer.get_metrics().counters["admission_blocks"] >= 1,
+            timeout=120,
+            message=lambda: f"admission to block ({audit.processed} done)",
+        )
+        for _ in range(5):
+            tp = _committed_tp(bootstrap, group_id, topic, 0)
+            sizes.append(len((tp.metadata or "").encode()))
+            time.sleep(0.3)
+        fetched_while_blocked = consumer.get_metrics().partitions[(topic, 0)].last_fetched_offset
+        gate["loop"].call_soon_threadsafe(gate["event"].set)
+        wait_committed(consumer, topic, produced.end_offsets, timeout=120)
+        counters = consumer.get_metrics().counters
+    assert max(sizes) <= 4096
+    assert max(sizes) > 1000, "the map was large, so the budget mattered"
+    assert fetched_while_blocked is not None and fetched_while_blocked < total - 1
+    assert counters["admission_unblocks"] >= 1
+    report = audit.report({(topic, 0): [r.offset for r in produced.records]})
+    assert report.lost == 0

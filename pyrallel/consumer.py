@@ -173,6 +173,11 @@ class ParallelConsumer:
         return self._runtime.snapshot()
 
     @property
+    def telemetry(self) -> NullTelemetry:
+        """The telemetry this consumer reports to (read-only)."""
+        return self._telemetry
+
+    @property
     def error(self) -> BaseException | None:
         return self._runtime.error
 

@@ -5,15 +5,17 @@ happens on this thread. Engines report outcomes through :meth:`Runtime.deliver` 
 deque append, safe from any thread); the loop drains them, updates the offset trackers
 and lanes, dispatches what became runnable and commits. The loop keeps calling Kafka
 while paused, so slow handlers never trip ``max.poll.interval.ms``.
+
+The loop, intake, outcomes, backpressure and shutdown live here; commits, rebalance
+callbacks and failure handling are mixins in :mod:`.committer`, :mod:`.rebalance` and
+:mod:`.failures`, over the shared state declared in :mod:`.base`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import itertools
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -22,14 +24,16 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from pyrallel._core.committer import Commits
 from pyrallel._core.deadletter import DeadLetterWriter, producer_settings
+from pyrallel._core.failures import Failures
+from pyrallel._core.rebalance import Rebalance
 from pyrallel._core.state import PartitionState
 from pyrallel.config import ConsumerConfig
 from pyrallel.engines.base import ExecutionEngine
-from pyrallel.errors import HandlerError, KafkaClientError
+from pyrallel.errors import KafkaClientError
 from pyrallel.message import Message
 from pyrallel.observability.hooks import Completion, NullTelemetry
-from pyrallel.offsets import metadata as commit_metadata
 from pyrallel.offsets.tracker import OffsetError
 from pyrallel.snapshot import MetricsSnapshot, PartitionMetrics
 
@@ -40,9 +44,6 @@ ConsumerFactory = Callable[[dict[str, Any]], Any]
 _IDLE_POLL_S = 0.05  # nothing in flight: block this long in consume()
 _BUSY_WAIT_S = 0.002  # work in flight, nothing fetched: wait this long for a completion
 _PAUSE_AFTER_S = 0.5  # at the in-flight cap this long: pause partitions in librdkafka
-_METADATA_BUDGET = commit_metadata.DEFAULT_MAX_BYTES  # broker's offset.metadata.max.bytes
-_RETRY = 0
-_DLQ_RETRY = 1
 
 COUNTERS: tuple[str, ...] = (
     "processed",  # handler calls that succeeded
@@ -67,7 +68,7 @@ COUNTERS: tuple[str, ...] = (
 """The keys of ``MetricsSnapshot.counters`` (cumulative since start)."""
 
 
-class Runtime:
+class Runtime(Commits, Rebalance, Failures):
     """Owns the consumer and all per-partition state; see the module docstring."""
 
     def __init__(
@@ -369,122 +370,6 @@ class Runtime:
         if nxt is not None:
             ready.append(nxt)
 
-    def _failed(
-        self,
-        st: PartitionState,
-        msg: Message,
-        error: BaseException,
-        now: float,
-        ready: list[Message],
-    ) -> None:
-        cfg = self.config
-        self.counters["failed"] += 1
-        self._telemetry.handler_error(msg, error)
-        coord = (msg.topic, msg.partition, msg.offset)
-        self._first_failure.setdefault(coord, time.time())
-        self._last_error[coord] = error
-        if msg.attempt <= cfg.max_retries:
-            delay = self._backoff(msg.attempt)
-            log.info(
-                "retrying in %.3fs topic=%s partition=%s offset=%s attempt=%s error=%s",
-                delay,
-                msg.topic,
-                msg.partition,
-                msg.offset,
-                msg.attempt,
-                type(error).__name__,
-            )
-            msg.attempt += 1
-            self.counters["retried"] += 1
-            self._telemetry.retry(msg)
-            heapq.heappush(self._timers, (now + delay, next(self._seq), _RETRY, msg))
-            return
-        policy = cfg.on_failure
-        if policy == "skip":
-            log.warning(
-                "skipping failed message topic=%s partition=%s offset=%s attempts=%s error=%r",
-                msg.topic,
-                msg.partition,
-                msg.offset,
-                msg.attempt,
-                error,
-            )
-            self.counters["skipped_failures"] += 1
-            self._telemetry.failure_skipped(msg)
-            self._finish(st, msg, now, ready)
-        elif policy == "dlq":
-            assert self._dlq is not None
-            self._dlq.send(msg, error, msg.attempt, self._first_failure[coord])
-        else:
-            # The offset stays pending, so no commit ever passes it; it no longer counts
-            # as in flight, so the shutdown drain does not wait for it.
-            st.held -= 1
-            self._in_flight -= 1
-            if self.error is None:
-                self.error = HandlerError(msg.topic, msg.partition, msg.offset, error, msg.attempt)
-                self.error.__cause__ = error
-                log.error("%s; stopping the consumer (on_failure='stop')", self.error)
-            self._stop.set()
-
-    def _backoff(self, attempt: int) -> float:
-        cfg = self.config
-        base = min(cfg.retry_backoff_max_ms, cfg.retry_backoff_ms * (2 ** (attempt - 1)))
-        return float(base) * random.uniform(0.8, 1.2) / 1000
-
-    def _fire_timers(self, now: float) -> None:
-        ready: list[Message] = []
-        with self._lock:
-            while self._timers and self._timers[0][0] <= now:
-                _, _, kind, msg = heapq.heappop(self._timers)
-                st = self._parts.get((msg.topic, msg.partition))
-                if st is None or st.epoch != msg._epoch:
-                    continue
-                if kind == _RETRY:
-                    ready.append(msg)
-                else:
-                    coord = (msg.topic, msg.partition, msg.offset)
-                    assert self._dlq is not None
-                    self._dlq.send(
-                        msg, self._last_error[coord], msg.attempt, self._first_failure[coord]
-                    )
-        if ready and not self._closing:
-            self._engine.submit(ready)
-
-    def _dlq_delivered(self, msg: Message) -> None:
-        with self._lock:
-            st = self._parts.get((msg.topic, msg.partition))
-            self.counters["dead_lettered"] += 1
-            self._telemetry.dlq(msg, "delivered")
-            if st is None or st.epoch != msg._epoch:
-                return
-            ready: list[Message] = []
-            self._finish(st, msg, time.monotonic(), ready)
-        if ready and not self._closing:
-            self._engine.submit(ready)
-
-    def _dlq_failed(self, msg: Message, reason: str) -> None:
-        with self._lock:
-            self.counters["dlq_failures"] += 1
-            self._telemetry.dlq(msg, "failed")
-            coord = (msg.topic, msg.partition, msg.offset)
-            tries = self._dlq_tries[coord] = self._dlq_tries.get(coord, 0) + 1
-            # The first failure and every 10th are warnings; a long outage must not flood.
-            level = logging.WARNING if tries == 1 or tries % 10 == 0 else logging.DEBUG
-            log.log(
-                level,
-                "dead-letter write failed (try %d), offset stays uncommitted "
-                "topic=%s partition=%s offset=%s: %s",
-                tries,
-                msg.topic,
-                msg.partition,
-                msg.offset,
-                reason,
-            )
-            delay = self._backoff(tries)
-            heapq.heappush(
-                self._timers, (time.monotonic() + delay, next(self._seq), _DLQ_RETRY, msg)
-            )
-
     # -- backpressure ---------------------------------------------------------------------------
 
     def _assigned(self) -> list[TopicPartition]:
@@ -535,298 +420,6 @@ class Runtime:
             self._in_flight,
             self._max,
         )
-
-    # -- commits ----------------------------------------------------------------------------------
-
-    def _periodic(self, now: float) -> None:
-        self._next_commit = now + self.config.commit_interval_ms / 1000
-        with self._lock:
-            states = list(self._parts.values())
-        self._advance_positions(states)
-        self._commit(states, asynchronous=True)
-        restarts = self._engine.restarts
-        if restarts > self.counters["worker_restarts"]:
-            self._telemetry.worker_restart(restarts - self.counters["worker_restarts"])
-            self.counters["worker_restarts"] = restarts
-        for st in states:
-            try:
-                _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(st.topic, st.partition), cached=True
-                )
-            except KafkaException:
-                continue
-            if high is not None and high >= 0:
-                st.high_watermark = high
-
-    def _advance_positions(self, states: Sequence[PartitionState]) -> None:
-        """Step over offsets the client consumed without handing them to us.
-
-        librdkafka hides transaction control records (and aborted records) but moves
-        its position past them. Without this, a partition whose last record is a commit
-        marker would never commit its end offset and would show a lag of 1 forever.
-        ``position()`` never passes a record that was not returned by ``consume``, and
-        every returned record of an owned partition is tracked, so the offsets between
-        the last fetched one and the position need no processing.
-        """
-        tps = [TopicPartition(st.topic, st.partition) for st in states if not st.revoking]
-        if not tps:
-            return
-        try:
-            positions = self._consumer.position(tps)
-        except KafkaException:
-            return
-        with self._lock:
-            for tp in positions:
-                st = self._parts.get((tp.topic, tp.partition))
-                if st is None or tp.offset < 0:
-                    continue
-                last = st.tracker.last_fetched
-                floor = last if last is not None else st.committed
-                if floor is not None and tp.offset - 1 > floor - (1 if last is None else 0):
-                    st.tracker.add_done(tp.offset - 1)
-
-    def _offsets_for(self, states: Sequence[PartitionState], force: bool) -> list[TopicPartition]:
-        out = []
-        for st in states:
-            offset = st.tracker.commit_offset
-            if offset is None:
-                continue
-            meta = self._metadata(st, offset)
-            if not force and offset == st.commit_sent and meta == st.metadata_sent:
-                continue
-            st.commit_sent, st.metadata_sent = offset, meta
-            out.append(
-                TopicPartition(st.topic, st.partition, offset, metadata=meta)
-                if meta
-                else TopicPartition(st.topic, st.partition, offset)
-            )
-        return out
-
-    def _metadata(self, st: PartitionState, offset: int) -> str:
-        """The commit metadata for ``st``: the offsets done above ``offset``, encoded.
-
-        Admission control keeps the map inside the broker's budget: past 3/4 of it the
-        partition stops fetching (its in-flight work still completes, which can only
-        shrink the map) and resumes once the map is under half. If the map ever does
-        not fit, the longest prefix that fits is committed: claiming fewer finished
-        offsets is always safe, it only means some may run again after a crash.
-        """
-        if not self.config.commit_metadata:
-            return ""
-        ranges = st.tracker.completed_ranges()
-        encoded = commit_metadata.encode(offset, ranges, _METADATA_BUDGET) if ranges else ""
-        size = _METADATA_BUDGET + 1 if encoded is None else len(encoded)
-        if not self._closing:
-            if not st.admission_blocked and size > _METADATA_BUDGET * 3 // 4:
-                self._block_admission(st, True)
-            elif st.admission_blocked and size <= _METADATA_BUDGET // 2:
-                self._block_admission(st, False)
-        if encoded is not None:
-            return encoded
-        lo, hi = 0, len(ranges)
-        best = ""
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            candidate = commit_metadata.encode(offset, ranges[:mid], _METADATA_BUDGET)
-            if candidate is None:
-                hi = mid - 1
-            else:
-                best, lo = candidate, mid
-        return best
-
-    def _guard_metadata_budget(self, now: float) -> None:
-        """Between commits, stop a partition's intake before its map outgrows the budget.
-
-        The encoded map is never larger than a bitset over the true lag, nor than a
-        run-length list of ``gap_count`` ranges, so those O(1) bounds clear almost every
-        partition; only one that might be near the budget is measured exactly (at most
-        every 50 ms). Unblocking is left to the commit tick.
-        """
-        limit = _METADATA_BUDGET * 3 // 4
-        for st in self._parts.values():
-            if st.admission_blocked:
-                continue
-            tracker = st.tracker
-            gaps = tracker.gap_count
-            if not gaps:
-                continue
-            lag = tracker.true_lag
-            width = 2 * max(1, (lag.bit_length() + 6) // 7)
-            bound = min(lag // 8 + 1, gaps * width) * 5 // 4 + 24
-            if bound <= limit or now < st.next_budget_check:
-                continue
-            st.next_budget_check = now + 0.05
-            offset = tracker.commit_offset
-            if offset is None:
-                continue
-            size = commit_metadata.encoded_size(offset, tracker.completed_ranges())
-            if size > limit:
-                self._block_admission(st, True)
-
-    def _block_admission(self, st: PartitionState, blocked: bool) -> None:
-        st.admission_blocked = blocked
-        self.counters["admission_blocks" if blocked else "admission_unblocks"] += 1
-        log.info(
-            "%s fetching topic=%s partition=%s: commit metadata %s its budget",
-            "pausing" if blocked else "resuming",
-            st.topic,
-            st.partition,
-            "nears" if blocked else "is back within",
-        )
-        if self._kafka_paused:
-            return  # the global resume skips blocked partitions
-        tp = [TopicPartition(st.topic, st.partition)]
-        try:
-            (self._consumer.pause if blocked else self._consumer.resume)(tp)
-        except KafkaException as exc:
-            log.warning("could not pause/resume %s-%s: %s", st.topic, st.partition, exc)
-
-    def _commit(self, states: Sequence[PartitionState], *, asynchronous: bool) -> None:
-        offsets = self._offsets_for(states, force=not asynchronous)
-        if not offsets:
-            return
-        try:
-            if asynchronous:
-                self._consumer.commit(offsets=offsets, asynchronous=True)
-                return
-            result = self._consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            self._commit_failed(offsets, str(exc))
-            return
-        self._on_commit(None, result or [])
-
-    def _commit_failed(self, offsets: Sequence[TopicPartition], reason: str) -> None:
-        log.warning("commit failed for %d partition(s): %s", len(offsets), reason)
-        self.counters["commit_failures"] += len(offsets)
-        self._telemetry.committed(0, len(offsets))
-        for tp in offsets:
-            st = self._parts.get((tp.topic, tp.partition))
-            if st is not None:
-                st.commit_sent = None  # send again next tick
-
-    def _on_commit(self, err: KafkaError | None, partitions: Sequence[TopicPartition]) -> None:
-        ok = failed = 0
-        with self._lock:
-            for tp in partitions:
-                st = self._parts.get((tp.topic, tp.partition))
-                if err is not None or tp.error is not None:
-                    failed += 1
-                    if st is not None:
-                        st.commit_sent = None
-                    continue
-                ok += 1
-                if st is not None and (st.committed is None or tp.offset >= st.committed):
-                    st.committed = tp.offset
-            self.counters["commits"] += ok
-            self.counters["commit_failures"] += failed
-        if failed:
-            log.warning("commit refused for %d partition(s): %s", failed, err)
-        self._telemetry.committed(ok, failed)
-
-    # -- rebalance ------------------------------------------------------------------------------
-
-    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        keys = [(tp.topic, tp.partition) for tp in partitions]
-        committed: dict[tuple[str, int], TopicPartition] = {}
-        if partitions:
-            try:
-                for tp in consumer.committed(partitions, timeout=10):
-                    committed[(tp.topic, tp.partition)] = tp
-            except KafkaException as exc:
-                log.warning("could not read committed offsets at assignment: %s", exc)
-        with self._lock:
-            for key in keys:
-                st = PartitionState(key[0], key[1], next(self._epochs), self.config.ordering)
-                tp = committed.get(key)
-                if tp is not None and tp.offset >= 0:
-                    st.committed = tp.offset
-                    if self.config.commit_metadata and tp.metadata:
-                        ranges = commit_metadata.decode(tp.metadata, tp.offset)
-                        if ranges is None:
-                            if not self._metadata_warned:
-                                self._metadata_warned = True
-                                log.warning(
-                                    "ignoring commit metadata not written by Pyrallel "
-                                    "topic=%s partition=%s",
-                                    *key,
-                                )
-                        elif ranges:
-                            st.done_ranges = commit_metadata.DoneRanges(ranges)
-                self._parts[key] = st
-            self.counters["assigned"] += len(keys)
-        self._telemetry.rebalance("assign", keys)
-        log.info("assigned %s", keys)
-        if self._cooperative:
-            consumer.incremental_assign(partitions)
-        else:
-            consumer.assign(partitions)
-        if (self._kafka_paused or self._closing) and partitions:
-            consumer.pause(partitions)  # closing: nothing fetched now would be processed
-
-    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        keys = [(tp.topic, tp.partition) for tp in partitions]
-        self._telemetry.rebalance("revoke", keys)
-        with self._lock:
-            states = [self._parts[k] for k in keys if k in self._parts]
-            for st in states:
-                st.revoking = True
-                self._drop_waiting(st)
-        deadline = time.monotonic() + (
-            0 if self._closing else self.config.max_revoke_grace_ms / 1000
-        )
-        while any(st.held for st in states) and time.monotonic() < deadline:
-            self._wake.wait(min(0.01, max(0.0, deadline - time.monotonic())))
-            self._drain_completions()
-            if self._dlq is not None:
-                self._dlq.poll()
-        for st in states:
-            st.revoking = False  # nothing was ignored during the wait: positions are exact
-        if not self._closing:
-            # While closing, the drain loop discards what consume() returns, so the
-            # position may be past records nobody processed: never commit it.
-            self._advance_positions(states)
-        self._commit(states, asynchronous=False)
-        self._forget(states)
-        with self._lock:
-            self.counters["revoked"] += len(keys)
-        log.info("revoked %s", keys)
-
-    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        keys = [(tp.topic, tp.partition) for tp in partitions]
-        self._telemetry.rebalance("lost", keys)
-        log.warning("partitions lost (not committing) %s", keys)
-        with self._lock:
-            states = [self._parts[k] for k in keys if k in self._parts]
-            for st in states:
-                self._drop_waiting(st)
-            self.counters["lost"] += len(keys)
-        self._forget(states)
-
-    def _drop_waiting(self, st: PartitionState) -> None:
-        """Forget queued and retry-waiting messages of a partition (they stay uncommitted)."""
-        dropped = len(st.lanes.drop_queued())
-        keep = []
-        for timer in self._timers:
-            msg = timer[3]
-            if (msg.topic, msg.partition) == st.key and msg._epoch == st.epoch:
-                dropped += 1
-            else:
-                keep.append(timer)
-        if len(keep) != len(self._timers):
-            heapq.heapify(keep)
-            self._timers = keep
-        st.held -= dropped
-        self._in_flight -= dropped
-
-    def _forget(self, states: Sequence[PartitionState]) -> None:
-        with self._lock:
-            for st in states:
-                self._in_flight -= st.held
-                st.held = 0
-                self._parts.pop(st.key, None)
-        for st in states:
-            self._engine.abandon(st.topic, st.partition)
-        self._telemetry.partitions_removed([st.key for st in states])
 
     # -- shutdown -------------------------------------------------------------------------------
 

@@ -65,3 +65,6 @@ class RuntimeState:
 
     def _advance_positions(self, states: Sequence[PartitionState]) -> None:
         raise NotImplementedError
+
+    def _apply_hold(self, st: PartitionState, before: bool) -> None:
+        raise NotImplementedError

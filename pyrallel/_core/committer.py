@@ -148,7 +148,6 @@ class Commits(RuntimeState):
                 self._block_admission(st, True)
 
     def _block_admission(self, st: PartitionState, blocked: bool) -> None:
-        st.admission_blocked = blocked
         self.counters["admission_blocks" if blocked else "admission_unblocks"] += 1
         log.info(
             "%s fetching topic=%s partition=%s: commit metadata %s its budget",
@@ -157,11 +156,18 @@ class Commits(RuntimeState):
             st.partition,
             "nears" if blocked else "is back within",
         )
-        if self._kafka_paused:
-            return  # the global resume skips blocked partitions
+        before = st.held_back
+        st.admission_blocked = blocked
+        self._apply_hold(st, before)
+
+    def _apply_hold(self, st: PartitionState, before: bool) -> None:
+        """Pause or resume one partition when its own hold (metadata, share) changed."""
+        after = st.held_back
+        if after == before or self._kafka_paused:
+            return  # unchanged, or everything is paused and the global resume checks holds
         tp = [TopicPartition(st.topic, st.partition)]
         try:
-            (self._consumer.pause if blocked else self._consumer.resume)(tp)
+            (self._consumer.pause if after else self._consumer.resume)(tp)
         except KafkaException as exc:
             log.warning("could not pause/resume %s-%s: %s", st.topic, st.partition, exc)
 

@@ -59,6 +59,7 @@ COUNTERS: tuple[str, ...] = (
     "resumes",
     "admission_blocks",  # commit metadata near its budget: one partition paused
     "admission_unblocks",
+    "share_pauses",  # a partition paused for holding more than its share of the cap
     "worker_restarts",
     "assigned",
     "revoked",
@@ -115,6 +116,10 @@ class Runtime(Commits, Rebalance, Failures):
             "cooperative" in strategy or config.kafka.get("group.protocol") == "consumer"
         )
         self._guard_metadata = config.commit_metadata
+        # In partition order only one message per partition can run, so a window filled
+        # by one partition serialises everything; in key order a pause costs more (the
+        # prefetched records are dropped) than the skew it would fix, measured.
+        self._balance = config.ordering == "partition"
         self._dlq: DeadLetterWriter | None = None
         if config.on_failure == "dlq":
             self._dlq = DeadLetterWriter(
@@ -235,6 +240,8 @@ class Runtime(Commits, Rebalance, Failures):
             self._periodic(now)
         if self._guard_metadata:
             self._guard_metadata_budget(now)
+        if self._balance and len(self._parts) > 1:
+            self._balance_partitions()
         free = self._max - self._in_flight
         self._apply_backpressure(free, now)
         if self._kafka_paused:
@@ -250,7 +257,12 @@ class Runtime(Commits, Rebalance, Failures):
         else:
             busy = self._in_flight > 0 or bool(self._timers)
             timeout = 0.0 if (busy or self._completions) else _IDLE_POLL_S
-            msgs = consumer.consume(min(self.config.poll_batch_size, free), timeout)
+            limit = min(self.config.poll_batch_size, free)
+            # consume(n, t) waits for n records or t seconds: at low rates it would hold
+            # every record for up to t. Wait for one, then take what is already there.
+            msgs = consumer.consume(1, timeout)
+            if msgs and limit > 1:
+                msgs.extend(consumer.consume(limit - 1, 0))
             if not msgs and busy and not self._completions:
                 self._wait_for_completion(_BUSY_WAIT_S)
         self.last_poll = time.monotonic()
@@ -399,6 +411,30 @@ class Runtime(Commits, Rebalance, Failures):
             self._saturated_since = None
             self._set_backpressure(False)
 
+    def _balance_partitions(self) -> None:
+        """In partition order, keep one partition from filling the cap while others starve.
+
+        librdkafka returns records in per-partition chunks, so without this the whole
+        window can hold one partition's backlog (mostly queued behind its busy keys)
+        while other partitions, with runnable work, wait. Once in-flight passes 3/4 of
+        the cap, a partition holding more than its equal share is paused on its own; it
+        resumes below 3/4 of its share or when the cap is no longer contended.
+        """
+        share = max(1, self._max // len(self._parts))
+        in_flight = self._in_flight
+        contended = in_flight >= self._max * 3 // 4
+        for st in self._parts.values():
+            if st.revoking:
+                continue
+            if not st.over_share:
+                if contended and st.held >= share:
+                    st.over_share = True
+                    self.counters["share_pauses"] += 1
+                    self._apply_hold(st, st.admission_blocked)
+            elif st.held <= share * 3 // 4 or in_flight < self._max // 2:
+                st.over_share = False
+                self._apply_hold(st, True)
+
     def _set_backpressure(self, on: bool) -> None:
         with self._lock:
             self._paused = on
@@ -406,7 +442,7 @@ class Runtime(Commits, Rebalance, Failures):
     def _pause_kafka(self, paused: bool) -> None:
         tps = self._assigned()
         if not paused:
-            tps = [tp for tp in tps if not self._parts[(tp.topic, tp.partition)].admission_blocked]
+            tps = [tp for tp in tps if not self._parts[(tp.topic, tp.partition)].held_back]
         if tps:
             try:
                 (self._consumer.pause if paused else self._consumer.resume)(tps)

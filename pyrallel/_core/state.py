@@ -19,6 +19,7 @@ class PartitionState:
         "lanes",
         "metadata_sent",
         "next_budget_check",
+        "over_share",
         "partition",
         "revoking",
         "topic",
@@ -44,6 +45,13 @@ class PartitionState:
         self.metadata_sent: str | None = None
         self.high_watermark: int | None = None
         self.next_budget_check = 0.0
+        self.over_share = False
+        """True while this partition holds more than its share of a contended cap."""
+
+    @property
+    def held_back(self) -> bool:
+        """Fetching of this partition alone is paused (metadata budget or fair share)."""
+        return self.admission_blocked or self.over_share
 
     @property
     def key(self) -> tuple[str, int]:

@@ -233,3 +233,36 @@ def test_handler_error_stops_with_coordinates_and_commits_nothing_past_it(
     assert f"offset={failing_offset}" in str(err)
     assert isinstance(err.__cause__, ValueError)
     assert committed(bootstrap, group_id, topic, 1)[0] <= failing_offset
+
+
+def test_partition_order_keeps_every_partition_busy_under_backlog(
+    bootstrap: str, make_topic: Any, produce_keyed: Any, group_id: str
+) -> None:
+    """A window filled by one partition's backlog must not serialise the others."""
+    topic = make_topic(partitions=4)
+    produce_keyed(topic, 8000, keys=400)
+    running_parts: dict[int, int] = {}
+    peak = 0
+    lock = threading.Lock()
+    done = 0
+
+    async def handle(msg: Message) -> None:
+        nonlocal peak, done
+        with lock:
+            running_parts[msg.partition] = running_parts.get(msg.partition, 0) + 1
+            assert running_parts[msg.partition] == 1, "partition order: one at a time"
+            peak = max(peak, sum(1 for n in running_parts.values() if n))
+        await asyncio.sleep(0.005)
+        with lock:
+            running_parts[msg.partition] -= 1
+            done += 1
+
+    consumer = ParallelConsumer(
+        config(bootstrap, group_id, [topic], ordering="partition", max_in_flight_messages=400),
+        handle,
+    )
+    with running(consumer):
+        wait_until(lambda: done >= 400, timeout=60, message=lambda: f"{done} processed")
+        share_pauses = consumer.get_metrics().counters["share_pauses"]
+    assert peak >= 3, f"only {peak} partition(s) ever ran at once"
+    assert share_pauses >= 1

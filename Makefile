@@ -61,8 +61,8 @@ demo: install-python ## the demo on the embedded mock cluster (ARGS="--messages 
 stack: install ## Kafka + Prometheus + continuous demo on 127.0.0.1, no Docker; POISON_KEY=k hangs key k
 	$(BIN)/python -m devtools.stack $(if $(POISON_KEY),--poison-key=$(POISON_KEY))
 
-# Not part of `make test`: the full run takes about 20 minutes (CI runs only `--smoke`,
+# Not part of `make test`: the full run takes about 15 minutes (CI runs only `--smoke`,
 # through tests/bench/). Results land in benchmarks/results/latest.{json,md}.
 .PHONY: bench
-bench: install ## benchmark suite on a real broker (~20 min); ARGS="--smoke" for seconds, --help for flags
+bench: install ## benchmark suite on a real broker (~15 min); ARGS="--smoke" for seconds, --help for flags
 	$(BIN)/pyrallel bench $(ARGS)

@@ -1,0 +1,1 @@
+"""The `pyrallel bench` harness: scenarios, contenders, workers and reports (see README.md)."""

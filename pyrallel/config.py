@@ -161,6 +161,37 @@ class ConsumerConfig:
         ):
             raise ConfigError("dlq_topic", self.dlq_topic, "a non-empty topic name or None")
         self._validate_kafka()
+        self._validate_relations()
+
+    def _validate_relations(self) -> None:
+        if not isinstance(self.commit_metadata, bool):
+            raise ConfigError("commit_metadata", self.commit_metadata, "True or False")
+        if self.retry_backoff_max_ms < self.retry_backoff_ms:
+            raise ConfigError(
+                "retry_backoff_max_ms",
+                self.retry_backoff_max_ms,
+                f"at least retry_backoff_ms ({self.retry_backoff_ms})",
+            )
+        if len(set(self.topics)) != len(self.topics):
+            raise ConfigError("topics", list(self.topics), "each topic once")
+        session = self.kafka.get("session.timeout.ms", 45_000)
+        if (
+            isinstance(session, int | str)
+            and str(session).isdigit()
+            and self.max_poll_interval_ms < int(session)
+        ):
+            raise ConfigError(
+                "max_poll_interval_ms",
+                self.max_poll_interval_ms,
+                f"at least session.timeout.ms ({int(session)}; librdkafka requires it)",
+            )
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{f}={self.redacted_kafka() if f == 'kafka' else getattr(self, f)!r}"
+            for f in self.__dataclass_fields__
+        )
+        return f"ConsumerConfig({fields})"
 
     def _validate_identity(self) -> None:
         for name in ("bootstrap_servers", "group_id", "client_id"):
@@ -241,7 +272,9 @@ class ConsumerConfig:
             key = text.rsplit('"', 2)[-2]
             if _is_secret(key):
                 text = f'Invalid value for configuration property "{key}"'
-            shown = "***" if _is_secret(key) else self.kafka.get(key, "")
+            # An unknown key may be a misspelt secret ("sasl.passwrd"): never echo it.
+            unknown = text.startswith("No such configuration property")
+            shown = "***" if _is_secret(key) or unknown else self.kafka.get(key, "")
             raise ConfigError(f"kafka[{key!r}]", shown, f"librdkafka refused it: {text}") from None
 
     def redacted_kafka(self) -> dict[str, Any]:
@@ -249,13 +282,21 @@ class ConsumerConfig:
         return {k: ("***" if _is_secret(k) else v) for k, v in self.kafka.items()}
 
 
+# A key whose name contains one of these has its value masked in logs, /status, repr
+# and errors (librdkafka's own sensitive properties: passwords, passphrases, private
+# keys, keystores, OAuth/OIDC secrets and configs, JAAS and Kerberos keytab settings).
 _SECRET_MARKERS = (
     "password",
+    "passphrase",
     "secret",
-    "sasl.oauthbearer.config",
+    "private",
     "key.pem",
+    "keystore",
     "token",
     "credential",
+    "oauthbearer.config",
+    "jaas",
+    "keytab",
 )
 
 

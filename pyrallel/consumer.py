@@ -98,14 +98,18 @@ class ParallelConsumer:
     def start(self) -> None:
         """Start consuming in a background thread named ``pyrallel-poll``."""
         if self._started:
-            raise ConsumerStateError("ParallelConsumer.start() called twice; create a new consumer")
+            raise ConsumerStateError(
+                "ParallelConsumer.start() after start() or stop(); create a new consumer"
+            )
         self._started = True
         self._thread = threading.Thread(target=self._runtime.run, name="pyrallel-poll", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop fetching, let in-flight work finish for up to ``timeout`` seconds, commit
-        what is done, close. Raises the handler/Kafka error that stopped the consumer, if any."""
+        what is done, close. Raises the handler/Kafka error that stopped the consumer, if any.
+        A consumer is started once: ``start()`` after ``stop()`` raises."""
+        self._started = True
         self._runtime.request_stop(timeout)
         if self._thread is not None:
             self._thread.join(timeout + 15)

@@ -284,7 +284,9 @@ def _run(args: argparse.Namespace, bootstrap: str, embedded: bool) -> dict[str, 
                     break
             if not args.quiet and now - last_print >= 0.5:
                 last_print = now
-                _progress(args, consumer, done, now - started)
+                # Rate over the processing window (from the first handler call), the same
+                # window as the final msgs_per_s; the group join before it is not work.
+                _progress(args, consumer, done, now - (audit.first_begin or now))
             time.sleep(0.02)
     finally:
         consumer.stop(timeout=30)
@@ -533,11 +535,26 @@ def _progress(
     lag = sum(p.true_lag for p in snap.partitions.values())
     gaps = sum(p.gap_count for p in snap.partitions.values())
     rate = done / elapsed if elapsed > 0 else 0.0
+    state = "joining the group" if done == 0 else f"msg/s={rate:,.0f}"
     print(
-        f"processed={done}/{args.messages} msg/s={rate:,.0f} in_flight={snap.total_in_flight}/"
+        f"processed={done}/{args.messages} {state} in_flight={snap.total_in_flight}/"
         f"{snap.max_in_flight} true_lag={lag} gaps={gaps} paused={snap.is_paused}",
         file=sys.stderr,
     )
+
+
+def _unreachable(bootstrap: str, timeout: float) -> str | None:
+    """A one-line reason when no broker at ``bootstrap`` answers within ``timeout`` s."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    # log_level 2: the connection-refused chatter is summarised in the one line below.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        return f"cannot reach Kafka at {bootstrap} within {timeout:g} s: {exc.args[0].str()}"
+    return None
 
 
 def main(argv: list[str]) -> int:
@@ -556,6 +573,11 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.bootstrap_servers is not None:
+        problem = _unreachable(args.bootstrap_servers, min(args.timeout, 15.0))
+        if problem:
+            print(f"pyrallel demo: {problem}", file=sys.stderr)
+            return 2
     if args.continuous:
         return run_continuous(args)
     summary = run_demo(args)

@@ -45,6 +45,9 @@ class MetricsSnapshot:
     running: bool
     poll_age_sec: float
     """Seconds since the poll loop last called Kafka."""
+    brokers_down_sec: float = 0.0
+    """Seconds since librdkafka reported every broker unreachable; 0.0 while connected."""
+    last_client_error: str | None = None
     partitions: Mapping[tuple[str, int], PartitionMetrics] = field(default_factory=dict)
     counters: Mapping[str, int] = field(default_factory=dict)
 
@@ -60,6 +63,8 @@ class MetricsSnapshot:
                 "is_paused",
                 "running",
                 "poll_age_sec",
+                "brokers_down_sec",
+                "last_client_error",
             )
         }
         out["partitions"] = [asdict(p) for _, p in sorted(self.partitions.items())]

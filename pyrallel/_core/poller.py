@@ -44,6 +44,7 @@ ConsumerFactory = Callable[[dict[str, Any]], Any]
 _IDLE_POLL_S = 0.05  # nothing in flight: block this long in consume()
 _BUSY_WAIT_S = 0.002  # work in flight, nothing fetched: wait this long for a completion
 _PAUSE_AFTER_S = 0.5  # at the in-flight cap this long: pause partitions in librdkafka
+_ERROR_LOG_EVERY_S = 30.0  # one warning per kind of client error per this many seconds
 
 COUNTERS: tuple[str, ...] = (
     "processed",  # handler calls that succeeded
@@ -103,6 +104,10 @@ class Runtime(Commits, Rebalance, Failures):
         self.finished = threading.Event()
         self.error: BaseException | None = None
         self.last_poll = time.monotonic()
+        self.brokers_down_since: float | None = None
+        self.last_client_error: str | None = None
+        self._error_log: dict[int, tuple[float, int]] = {}
+        self._next_broker_probe = 0.0
         self._next_commit = 0.0
         self._seq = itertools.count()
         self._timers: list[tuple[float, int, int, Message]] = []
@@ -187,6 +192,10 @@ class Runtime(Commits, Rebalance, Failures):
                 is_paused=self._paused,
                 running=self.running,
                 poll_age_sec=now - self.last_poll,
+                brokers_down_sec=0.0
+                if self.brokers_down_since is None
+                else now - self.brokers_down_since,
+                last_client_error=self.last_client_error,
                 partitions=parts,
                 counters=dict(self.counters),
             )
@@ -238,6 +247,8 @@ class Runtime(Commits, Rebalance, Failures):
             self._dlq.poll()
         if now >= self._next_commit:
             self._periodic(now)
+        if self.brokers_down_since is not None:
+            self._check_brokers_back(now)
         if self._guard_metadata:
             self._guard_metadata_budget(now)
         if self._balance and len(self._parts) > 1:
@@ -340,8 +351,36 @@ class Runtime(Commits, Rebalance, Failures):
         if err.fatal():
             self.error = self.error or KafkaClientError(f"fatal Kafka error: {err.str()}")
             self.request_stop(0)
+            return
+        now = time.monotonic()
+        if err.code() == KafkaError._ALL_BROKERS_DOWN and self.brokers_down_since is None:
+            self.brokers_down_since = now
+            self.last_client_error = err.str()
+        # librdkafka repeats connection errors every retry: one line per kind per 30 s.
+        code = err.code()
+        last, suppressed = self._error_log.get(code, (0.0, 0))
+        if now - last >= _ERROR_LOG_EVERY_S or last == 0.0:
+            more = (
+                f" ({suppressed} similar in the last {_ERROR_LOG_EVERY_S:.0f} s)"
+                if suppressed
+                else ""
+            )
+            log.warning("Kafka client error: %s%s", err.str(), more)
+            self._error_log[code] = (now, 0)
         else:
-            log.warning("Kafka client error: %s", err.str())
+            self._error_log[code] = (last, suppressed + 1)
+
+    def _check_brokers_back(self, now: float) -> None:
+        """While librdkafka says all brokers are down, probe metadata now and then."""
+        if now < self._next_broker_probe:
+            return
+        self._next_broker_probe = now + 5.0
+        try:
+            self._consumer.list_topics(timeout=1.0)
+        except KafkaException:
+            return
+        log.info("Kafka brokers reachable again")
+        self.brokers_down_since = None
 
     # -- outcomes -----------------------------------------------------------------------------
 

@@ -73,6 +73,9 @@ def health(
         return False, f"consumer stopped by an error: {type(error).__name__}: {error}"
     if not snapshot.running:
         return False, "poll loop is not running (not started yet, or stopped)"
+    down = snapshot.brokers_down_sec
+    if down >= max_poll_age_s:
+        return False, f"no Kafka broker reachable for {down:.0f} s: {snapshot.last_client_error}"
     age = snapshot.poll_age_sec
     if age >= max_poll_age_s:
         return False, f"poll loop stuck: last poll {age:.1f} s ago (limit {max_poll_age_s:g} s)"

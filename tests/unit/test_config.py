@@ -72,7 +72,9 @@ def test_precedence_defaults_then_user_then_owned() -> None:
         "fetch.wait.max.ms": 250,
         "security.protocol": "SASL_SSL",
     }
-    cfg = make(kafka=user, max_poll_interval_ms=12_345, client_id="c1")
+    cfg = make(
+        kafka={**user, "session.timeout.ms": 6000}, max_poll_interval_ms=12_345, client_id="c1"
+    )
     settings = cfg.consumer_settings()
     assert settings["auto.offset.reset"] == "latest"  # user beats Pyrallel default
     assert settings["fetch.wait.max.ms"] == 250
@@ -141,3 +143,52 @@ def test_librdkafka_bad_secret_value_is_not_echoed() -> None:
         bad.check_with_librdkafka()
     assert "hunter2" not in str(info.value)
     assert info.value.field == "kafka['security.protocol']"
+
+
+def test_secrets_never_in_repr_or_errors() -> None:
+    secret = "HUNTER2pass"
+    cfg = make(
+        kafka={
+            "sasl.oauthbearer.assertion.private.key.passphrase": secret,
+            "sasl.password": secret,
+            "ssl.keystore.password": secret,
+            "sasl.oauthbearer.client.secret": secret,
+        }
+    )
+    assert secret not in repr(cfg)
+    assert secret not in str(cfg.redacted_kafka())
+    with pytest.raises(ConfigError) as info:
+        make(kafka={"sasl.passwrd": secret}).check_with_librdkafka()
+    assert secret not in str(info.value)
+    assert "sasl.passwrd" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "fragment"),
+    [
+        ({"commit_metadata": "no"}, "commit_metadata", "True or False"),
+        (
+            {"retry_backoff_ms": 5000, "retry_backoff_max_ms": 10},
+            "retry_backoff_max_ms",
+            "at least retry_backoff_ms",
+        ),
+        ({"topics": ["a", "a"]}, "topics", "each topic once"),
+        (
+            {"max_poll_interval_ms": 1000},
+            "max_poll_interval_ms",
+            "at least session.timeout.ms (45000",
+        ),
+        (
+            {"max_poll_interval_ms": 5000, "kafka": {"session.timeout.ms": 6000}},
+            "max_poll_interval_ms",
+            "at least session.timeout.ms (6000",
+        ),
+    ],
+)
+def test_fields_checked_against_each_other(
+    overrides: dict[str, Any], field: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        make(**overrides)
+    assert info.value.field == field
+    assert fragment in str(info.value)

@@ -55,3 +55,36 @@ def test_lambda_with_process_engine_is_refused() -> None:
     with pytest.raises(ConfigError) as info:
         ParallelConsumer(_config(engine="process", process_count=1), lambda msg: None)
     assert info.value.field == "handler"
+
+
+def test_start_after_stop_is_refused() -> None:
+    from pyrallel import ConsumerStateError
+
+    consumer = ParallelConsumer(_config(), async_handler)
+    consumer.stop(timeout=1)  # never started: nothing to drain, no error
+    with pytest.raises(ConsumerStateError, match="after start\\(\\) or stop\\(\\)"):
+        consumer.start()
+
+
+def test_unreachable_brokers_make_health_fail_with_the_reason() -> None:
+    from pyrallel.observability.http import health
+    from pyrallel.snapshot import MetricsSnapshot
+
+    def snap(down: float) -> MetricsSnapshot:
+        return MetricsSnapshot(
+            group_id="g",
+            client_id="c",
+            total_in_flight=0,
+            max_in_flight=10,
+            is_paused=False,
+            running=True,
+            poll_age_sec=0.01,
+            brokers_down_sec=down,
+            last_client_error="127.0.0.1:1/bootstrap: Connect failed",
+        )
+
+    ok, reason = health(snap(0.0), None, 10.0)
+    assert ok
+    ok, reason = health(snap(25.0), None, 10.0)
+    assert not ok
+    assert "no Kafka broker reachable for 25 s" in reason and "Connect failed" in reason

@@ -1,9 +1,11 @@
 """librdkafka's in-process mock cluster: the embedded default for ``pyrallel demo``.
 
-A client created with ``test.mock.num.brokers`` starts a mock cluster whose brokers
-listen on real 127.0.0.1 ports; other clients reach it through those addresses. It
-auto-creates topics (4 partitions), supports classic consumer groups and commits with
-metadata, but has no admin API.
+A client created with ``test.mock.num.brokers`` (and an empty ``bootstrap.servers``)
+starts a mock cluster whose brokers listen on real 127.0.0.1 ports; its metadata names
+them, and any other client or process reaches the cluster through those addresses. The
+cluster lives exactly as long as that client, so keep this object referenced. It
+auto-creates topics with 4 partitions (not configurable from Python), supports classic
+consumer groups and commits with metadata, but has no admin API.
 """
 
 from __future__ import annotations
@@ -16,25 +18,34 @@ MOCK_PARTITIONS = 4
 
 
 class MockCluster:
-    def __init__(self, brokers: int = 3) -> None:
-        # The cluster lives as long as this client; log_level 4 hides its startup notice.
+    def __init__(self, brokers: int = 3, *, timeout: float = 10.0) -> None:
+        # log_level 4 hides the "Mock cluster enabled" notice every creation prints.
         self._owner: Producer | None = Producer(
             {"bootstrap.servers": "", "test.mock.num.brokers": brokers, "log_level": 4}
         )
-        metadata = self._owner.list_topics(timeout=10)
-        self.bootstrap = ",".join(
-            f"{b.host}:{b.port}" for b in sorted(metadata.brokers.values(), key=lambda b: b.id)
-        )
+        found = self._owner.list_topics(timeout=timeout).brokers
+        if len(found) != brokers:
+            raise RuntimeError(f"mock cluster reported {len(found)} of {brokers} brokers")
+        self.bootstrap = ",".join(f"{b.host}:{b.port}" for _, b in sorted(found.items()))
 
     def close(self) -> None:
-        if self._owner is not None:
-            self._owner.flush(5)
-            self._owner = None
+        owner, self._owner = self._owner, None
+        if owner is None:
+            return
+        owner.flush(5)
+        # Producer.close() (recent confluent-kafka) stops the brokers now; older versions
+        # stop them when the last reference goes.
+        close = getattr(owner, "close", None)
+        if close is not None:
+            close()
 
     def __enter__(self) -> MockCluster:
         return self
 
     def __exit__(
-        self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()

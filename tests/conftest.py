@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.support.mock_cluster import MockCluster  # noqa: E402
+from pyrallel._mock import MockCluster  # noqa: E402
 
 
 def _unique_name(request: pytest.FixtureRequest, prefix: str) -> str:
@@ -38,7 +38,7 @@ def group_id(unique_name: Callable[[str], str]) -> str:
 @pytest.fixture
 def mock_cluster() -> Iterator[str]:
     """Bootstrap servers ("host:port,...") of a fresh 3-broker librdkafka mock cluster."""
-    with MockCluster(num_brokers=3) as cluster:
+    with MockCluster(brokers=3) as cluster:
         yield cluster.bootstrap
 
 

@@ -42,6 +42,7 @@ class RuntimeState:
     _stop: threading.Event
     _in_flight: int
     _closing: bool
+    _drain_deadline: float
     _kafka_paused: bool
     _cooperative: bool
     _next_commit: float

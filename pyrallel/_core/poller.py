@@ -100,6 +100,7 @@ class Runtime(Commits, Rebalance, Failures):
         self._stop = threading.Event()
         self._drain_timeout = config.shutdown_timeout_ms / 1000
         self._closing = False
+        self._drain_deadline = 0.0  # while the shutdown drain runs: when it gives up
         self.running = False
         self.finished = threading.Event()
         self.error: BaseException | None = None
@@ -511,13 +512,14 @@ class Runtime(Commits, Rebalance, Failures):
             if tps:
                 with contextlib.suppress(KafkaException):
                     consumer.pause(tps)
-            deadline = time.monotonic() + self._drain_timeout
+            deadline = self._drain_deadline = time.monotonic() + self._drain_timeout
             while self._in_flight > 0 and time.monotonic() < deadline:
                 self._wake.wait(min(0.01, max(0.0, deadline - time.monotonic())))
                 self._drain_completions()
                 if self._dlq is not None:
                     self._dlq.poll()
                 consumer.consume(1, 0)  # serve callbacks; anything fetched is ignored
+            self._drain_deadline = 0.0
             if self._in_flight:
                 log.warning(
                     "stopping with %d message(s) unfinished; they stay uncommitted", self._in_flight

@@ -72,9 +72,11 @@ class Rebalance(RuntimeState):
             for st in states:
                 st.revoking = True
                 self._drop_waiting(st)
-        deadline = time.monotonic() + (
-            0 if self._closing else self.config.max_revoke_grace_ms / 1000
-        )
+        deadline = time.monotonic() + self.config.max_revoke_grace_ms / 1000
+        if self._closing:
+            # Stopping: a revoke during the drain may wait as long as the drain itself
+            # (so draining handlers finish here); the revoke at close() waits not at all.
+            deadline = min(deadline, self._drain_deadline)
         while any(st.held for st in states) and time.monotonic() < deadline:
             self._wake.wait(min(0.01, max(0.0, deadline - time.monotonic())))
             self._drain_completions()

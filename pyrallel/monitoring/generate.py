@@ -121,6 +121,13 @@ def main(argv: list[str]) -> int:
         for line in problems:
             print(line, file=sys.stderr)
         if problems:
+            if all(line.startswith("missing: ") for line in problems):
+                print(
+                    f"pyrallel generate: none of the generated files is under {out.resolve()};"
+                    " run it from the repository root or pass --out",
+                    file=sys.stderr,
+                )
+                return 1
             print(
                 f"pyrallel generate: {len(problems)} generated file(s) out of date;"
                 " run `pyrallel generate` and commit the result",

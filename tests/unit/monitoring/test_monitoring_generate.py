@@ -115,3 +115,14 @@ def test_runbook_base_url_reaches_every_output(tmp_path: Path) -> None:
 def test_cli_dispatches_generate(tmp_path: Path) -> None:
     assert cli.main(["generate", "--out", str(tmp_path)]) == 0
     assert cli.main(["generate", "--check", "--out", str(tmp_path)]) == 0
+
+
+def test_check_in_an_empty_directory_says_where_it_looked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pyrallel.monitoring.generate import main
+
+    assert main(["--check", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "none of the generated files is under" in err
+    assert "--out" in err

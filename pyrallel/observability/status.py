@@ -19,6 +19,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from pyrallel.monitoring.thresholds import Thresholds
@@ -184,44 +185,46 @@ def render(d: dict[str, Any]) -> str:
     lines.append("findings:")
     lines += [f"  - {f}" for f in d["findings"]]
 
-    lines.append("")
-    lines.append("blocking offsets (worst first):")
-    if not d["blocking"]:
-        lines.append("  none: no fetched offset is pending")
-    for b in d["blocking"][:_MAX_ROWS]:
+    def blocked(b: dict[str, Any]) -> str:
         mark = {"critical": "  CRITICAL", "warning": "  WARNING"}.get(b["level"], "")
-        lines.append(
-            f"  {b['partition']} offset {b['offset']} blocked for "
+        return (
+            f"{b['partition']} offset {b['offset']} blocked for "
             f"{_duration(b['blocking_duration_sec'])}{mark}"
         )
-    _more(lines, d["blocking"])
 
-    lines.append("")
-    lines.append("true lag (largest first):")
-    if not d["lagging"]:
-        lines.append("  every partition below the floor")
-    for row in d["lagging"][:_MAX_ROWS]:
-        lines.append(f"  {row['partition']} {row['true_lag']}")
-    _more(lines, d["lagging"])
-
-    lines.append("")
-    lines.append("gaps (finished ranges waiting behind the blocking offset):")
-    if not d["gaps"]:
-        lines.append("  none")
-    for g in d["gaps"][:_MAX_ROWS]:
-        lines.append(f"  {g['partition']} {g['gap_count']} behind offset {g['blocking_offset']}")
-    _more(lines, d["gaps"])
-
-    lines.append("")
-    lines.append("commits (partition: committed / next commit / broker lag):")
-    if not d["commits"]:
-        lines.append("  no partitions assigned")
-    for c in d["commits"][:_MAX_ROWS]:
-        lines.append(
-            f"  {c['partition']}: {_opt(c['committed_offset'])} / {_opt(c['commit_offset'])} / "
-            f"{_opt(c['broker_lag'])}"
-        )
-    _more(lines, d["commits"])
+    _section(
+        lines,
+        "blocking offsets (worst first)",
+        d["blocking"],
+        "none: no fetched offset is pending",
+        blocked,
+    )
+    _section(
+        lines,
+        "true lag (largest first)",
+        d["lagging"],
+        "every partition below the floor",
+        lambda r: f"{r['partition']} {r['true_lag']}",
+    )
+    _section(
+        lines,
+        "gaps (finished ranges waiting behind the blocking offset)",
+        d["gaps"],
+        "none",
+        lambda g: (
+            f"{g['partition']} {g['gap_count']} range(s) behind offset {g['blocking_offset']}"
+        ),
+    )
+    _section(
+        lines,
+        "commits (partition: committed / next commit / broker lag)",
+        d["commits"],
+        "no partitions assigned",
+        lambda c: (
+            f"{c['partition']}: {_opt(c['committed_offset'])} / "
+            f"{_opt(c['commit_offset'])} / {_opt(c['broker_lag'])}"
+        ),
+    )
     counters = d["counters"]
     if counters:
         lines.append("")
@@ -233,7 +236,18 @@ def _opt(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def _more(lines: list[str], rows: list[Any]) -> None:
+def _section(
+    lines: list[str],
+    title: str,
+    rows: list[dict[str, Any]],
+    empty: str,
+    row: Callable[[dict[str, Any]], str],
+) -> None:
+    """A blank line, ``title:``, then the first rows (or ``empty``) and a "more" line."""
+    lines += ["", f"{title}:"]
+    if not rows:
+        lines.append(f"  {empty}")
+    lines += [f"  {row(r)}" for r in rows[:_MAX_ROWS]]
     if len(rows) > _MAX_ROWS:
         lines.append(f"  ... {len(rows) - _MAX_ROWS} more")
 
